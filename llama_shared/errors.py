@@ -1,0 +1,17 @@
+"""Exceptions whose messages name the file, tensor or field at fault and what was expected."""
+
+
+class LlamaTwinError(ValueError):
+    """Base class of llama-twin's input errors (a ValueError, so callers can catch either)."""
+
+
+class ConfigError(LlamaTwinError):
+    """A config.json field of the wrong type or value."""
+
+
+class CheckpointError(LlamaTwinError):
+    """A missing, truncated or inconsistent checkpoint file or tensor."""
+
+
+class GenerationError(LlamaTwinError):
+    """Generation arguments that cannot be honoured (bad sampling values, prompt too long)."""

@@ -1,0 +1,173 @@
+"""THE table of parameter names: Hugging Face state-dict keys, Flax tree paths and Meta keys.
+
+Torch state-dict keys are Hugging Face's exactly. A Flax path is the same key split on dots,
+with a linear layer's ``weight`` stored as a transposed ``kernel`` ([in, out]) and an
+embedding's ``weight`` as ``embedding``, which are transformers' Flax paths. Meta's original
+names and the q/k row permutation between Meta's interleaved RoPE and Hugging Face's
+rotate_half layout live here too, so no converter spells them again.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from llama_shared.errors import CheckpointError
+
+LINEAR_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                            "lm_head", "score", "qa_outputs"})
+EMBEDDING_MODULES = frozenset({"embed_tokens"})
+
+# The prefix under which each model class keeps its base LlamaModel (transformers' base_model_prefix
+# is "model" except for question answering, which kept "transformer" for backward compatibility).
+BASE_PREFIX = {"LlamaModel": "", "LlamaForCausalLM": "model", "LlamaForSequenceClassification": "model",
+               "LlamaForTokenClassification": "model", "LlamaForQuestionAnswering": "transformer"}
+
+# Keys found in old checkpoints that hold nothing a model needs.
+IGNORED_KEY_PATTERNS = (re.compile(r"(^|\.)rotary_emb\.inv_freq$"), re.compile(r"^rope\.freqs$"))
+
+
+def flax_path(key: str) -> tuple[tuple[str, ...], bool]:
+    """Flax tree path for a Hugging Face key, and whether the tensor is transposed on the way."""
+    *modules, leaf = key.split(".")
+    module = modules[-1] if modules else ""
+    if leaf == "weight" and module in LINEAR_MODULES:
+        return (*modules, "kernel"), True
+    if leaf == "weight" and module in EMBEDDING_MODULES:
+        return (*modules, "embedding"), False
+    return (*modules, leaf), False
+
+
+def hf_key(path: Iterable[str]) -> tuple[str, bool]:
+    """Hugging Face key for a Flax tree path, and whether the tensor is transposed on the way."""
+    *modules, leaf = tuple(path)
+    if leaf == "kernel":
+        return ".".join((*modules, "weight")), True
+    if leaf == "embedding":
+        return ".".join((*modules, "weight")), False
+    return ".".join((*modules, leaf)), False
+
+
+def flatten_tree(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """Nested dict -> {path tuple: leaf}."""
+    flat: dict[tuple[str, ...], Any] = {}
+    for name, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten_tree(value, (*prefix, name)))
+        else:
+            flat[(*prefix, name)] = value
+    return flat
+
+
+def unflatten_tree(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
+    """{path tuple: leaf} -> nested dict."""
+    tree: dict[str, Any] = {}
+    for path, value in flat.items():
+        node = tree
+        for name in path[:-1]:
+            node = node.setdefault(name, {})
+        node[path[-1]] = value
+    return tree
+
+
+def is_ignored_key(key: str) -> bool:
+    """True for buffers old checkpoints carry that no model reads (rotary inv_freq, rope.freqs)."""
+    return any(p.search(key) for p in IGNORED_KEY_PATTERNS)
+
+
+def checkpoint_key_map(expected: Iterable[str], available: Iterable[str],
+                       model_prefix: str) -> dict[str, str | None]:
+    """Map each key a model expects to the checkpoint key that holds it (None: not present).
+
+    A head model loads a bare LlamaModel checkpoint and the reverse, by adding or stripping the
+    base-model prefix ("model." or "transformer."), as transformers does.
+    """
+    available = {k for k in available if not is_ignored_key(k)}
+    prefixes = {p for p in BASE_PREFIX.values() if p}
+    mapping: dict[str, str | None] = {}
+    for key in expected:
+        candidates = [key]
+        if model_prefix and key.startswith(model_prefix + "."):
+            candidates.append(key[len(model_prefix) + 1:])
+            candidates += [f"{p}.{key[len(model_prefix) + 1:]}" for p in prefixes]
+        elif not model_prefix:
+            candidates += [f"{p}.{key}" for p in prefixes]
+        mapping[key] = next((c for c in candidates if c in available), None)
+    return mapping
+
+
+def check_shape(key: str, shape: tuple[int, ...], expected: tuple[int, ...], source: str) -> None:
+    """Raise CheckpointError naming the tensor when its shape disagrees with the config."""
+    if tuple(shape) != tuple(expected):
+        raise CheckpointError(f"tensor {key!r} in {source} has shape {tuple(shape)}, but the config "
+                              f"expects {tuple(expected)}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Meta's original layout
+
+_META_LAYER_NAMES = {
+    "self_attn.q_proj": "attention.wq",
+    "self_attn.k_proj": "attention.wk",
+    "self_attn.v_proj": "attention.wv",
+    "self_attn.o_proj": "attention.wo",
+    "mlp.gate_proj": "feed_forward.w1",
+    "mlp.down_proj": "feed_forward.w2",
+    "mlp.up_proj": "feed_forward.w3",
+    "input_layernorm": "attention_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
+_META_TOP_NAMES = {"model.embed_tokens": "tok_embeddings", "model.norm": "norm", "lm_head": "output"}
+_HF_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
+_META_LAYER_RE = re.compile(r"^layers\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+def meta_key(key: str) -> str:
+    """Meta's name for a Hugging Face LlamaForCausalLM key."""
+    match = _HF_LAYER_RE.match(key)
+    if match:
+        layer, module, leaf = match.groups()
+        if module in _META_LAYER_NAMES:
+            return f"layers.{layer}.{_META_LAYER_NAMES[module]}.{leaf}"
+    module, _, leaf = key.rpartition(".")
+    if module in _META_TOP_NAMES:
+        return f"{_META_TOP_NAMES[module]}.{leaf}"
+    raise CheckpointError(f"tensor {key!r} has no counterpart in Meta's checkpoint layout")
+
+
+def hf_key_from_meta(key: str) -> str:
+    """Hugging Face's name for a Meta key."""
+    match = _META_LAYER_RE.match(key)
+    if match:
+        layer, module, leaf = match.groups()
+        for hf, meta in _META_LAYER_NAMES.items():
+            if meta == module:
+                return f"model.layers.{layer}.{hf}.{leaf}"
+    module, _, leaf = key.rpartition(".")
+    for hf, meta in _META_TOP_NAMES.items():
+        if meta == module:
+            return f"{hf}.{leaf}"
+    raise CheckpointError(f"tensor {key!r} is not a known Meta Llama parameter")
+
+
+def rotate_half_from_interleaved(w: np.ndarray, num_heads: int) -> np.ndarray:
+    """Permute q/k rows (or a bias) from Meta's interleaved pairs to rotate_half halves, per head.
+
+    Within a head, Hugging Face row j*(D/2)+i holds Meta row 2i+j. Use num_heads =
+    num_key_value_heads for k_proj.
+    """
+    rows = w.shape[0]
+    head_dim = rows // num_heads
+    rest = w.shape[1:]
+    return w.reshape(num_heads, head_dim // 2, 2, *rest).swapaxes(1, 2).reshape(rows, *rest)
+
+
+def interleaved_from_rotate_half(w: np.ndarray, num_heads: int) -> np.ndarray:
+    """The inverse of rotate_half_from_interleaved (Hugging Face to Meta)."""
+    rows = w.shape[0]
+    head_dim = rows // num_heads
+    rest = w.shape[1:]
+    return w.reshape(num_heads, 2, head_dim // 2, *rest).swapaxes(1, 2).reshape(rows, *rest)

@@ -1,0 +1,162 @@
+"""from_pretrained / save_pretrained for the torch twin, on Hugging Face's folder layout.
+
+The twin of llama_flax/loading.py. Weights stream from safetensors one tensor at a time into a
+model built on the meta device, so loading never holds two copies of the model.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import torch
+from torch import nn
+
+from llama_shared.checkpoint import Checkpoint, resolve_model_dir, write_checkpoint, DEFAULT_SHARD_SIZE
+from llama_shared.config import LlamaConfig
+from llama_shared.errors import CheckpointError
+from llama_shared.naming import check_shape, checkpoint_key_map
+
+HEAD_MODULES = ("score", "qa_outputs")
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+                 "float64": torch.float64}
+
+
+def to_torch(array: np.ndarray) -> torch.Tensor:
+    """numpy (including ml_dtypes bfloat16) to a torch tensor, sharing memory where possible."""
+    if array.dtype == ml_dtypes.bfloat16:
+        return torch.from_numpy(np.ascontiguousarray(array).view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(np.array(array, copy=not array.flags.writeable))
+
+
+def to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A CPU numpy copy of a tensor; bfloat16 becomes ml_dtypes.bfloat16."""
+    tensor = tensor.detach().cpu().contiguous()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, config: LlamaConfig) -> torch.dtype:
+    """float32 by default (as transformers); "auto" takes the checkpoint's torch_dtype."""
+    if dtype is None:
+        return torch.float32
+    if dtype == "auto":
+        return _TORCH_DTYPES.get(config.torch_dtype or "float32", torch.float32)
+    if isinstance(dtype, str):
+        if dtype not in _TORCH_DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_TORCH_DTYPES)} or 'auto'")
+        return _TORCH_DTYPES[dtype]
+    return dtype
+
+
+class PreTrainedModel(nn.Module):
+    """Weight init, tying, token checks and Hugging Face folder I/O shared by the five model classes."""
+
+    base_prefix = ""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.config = config
+
+    # ------------------------------------------------------------------------------------------
+    # Initialisation
+
+    def init_weights(self) -> None:
+        """Normal(0, initializer_range) for linear and embedding weights, zero biases, unit norms."""
+        self.apply(self._init_module)
+
+    def _init_module(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0.0, std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, 0.0, std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+
+    def tie_weights(self) -> None:
+        """Share the embedding with lm_head when the config ties them."""
+        if self.config.tie_word_embeddings and hasattr(self, "lm_head"):
+            self.lm_head.weight = self.get_submodule(self._embedding_path()).weight
+
+    def _embedding_path(self) -> str:
+        return f"{self.base_prefix}.embed_tokens" if self.base_prefix else "embed_tokens"
+
+    def check_token_ids(self, input_ids: torch.Tensor) -> None:
+        """Raise if a token id is outside [0, vocab_size) (skipped inside torch.compile)."""
+        if torch.compiler.is_compiling() or input_ids.numel() == 0:
+            return
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= self.config.vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(f"input_ids holds token id {bad}, outside the vocabulary [0, {self.config.vocab_size})")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    # ------------------------------------------------------------------------------------------
+    # Hugging Face folders
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, dtype: torch.dtype | str | None = None,
+                        device: torch.device | str = "cpu", config: LlamaConfig | None = None,
+                        **config_overrides: Any) -> "PreTrainedModel":
+        """Load a Hugging Face folder (config.json + safetensors) or hub repo id."""
+        directory = resolve_model_dir(path_or_repo_id)
+        if config is None:
+            config = LlamaConfig.from_pretrained(directory, **config_overrides)
+        target = resolve_dtype(dtype, config)
+        with torch.device("meta"):
+            model = cls(config)
+        model = model.to(target).to_empty(device=device)
+        model.tie_weights()
+        model.load_checkpoint(Checkpoint(directory))
+        return model.eval()
+
+    def load_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Copy every tensor the model expects from the checkpoint, checking names and shapes."""
+        params = dict(self.named_parameters(remove_duplicate=False))
+        tied = {"lm_head.weight"} if self.config.tie_word_embeddings else set()
+        wanted = [k for k in params if k not in tied]
+        key_map = checkpoint_key_map(wanted, checkpoint.keys(), self.base_prefix)
+        fresh_heads = []
+        for name in wanted:
+            source = key_map[name]
+            if source is None:
+                if name.split(".")[0] in HEAD_MODULES:
+                    fresh_heads.append(name)
+                    continue
+                raise CheckpointError(f"tensor {name!r} is missing from the checkpoint at {checkpoint.directory}")
+            check_shape(source, checkpoint.shape(source), tuple(params[name].shape), checkpoint.directory)
+            with torch.no_grad():
+                params[name].copy_(to_torch(checkpoint.get(source)))
+        if fresh_heads:
+            with torch.no_grad():
+                for name in fresh_heads:
+                    param = params[name]
+                    param.normal_(0.0, self.config.initializer_range) if name.endswith("weight") else param.zero_()
+            warnings.warn(f"{', '.join(fresh_heads)} not in the checkpoint: newly initialised, train before use",
+                          stacklevel=3)
+        self.tie_weights()
+
+    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int = DEFAULT_SHARD_SIZE) -> None:
+        """Write config.json and safetensors that transformers (and the Flax twin) load unchanged."""
+        os.makedirs(directory, exist_ok=True)
+        state = {k: v for k, v in self.state_dict().items()
+                 if not (self.config.tie_word_embeddings and k == "lm_head.weight")}
+        dtype_name = str(self.dtype).removeprefix("torch.")
+        self.config.replace(torch_dtype=dtype_name, architectures=[type(self).__name__]).save_pretrained(directory)
+        specs = {k: (tuple(v.shape), to_numpy(v.reshape(-1)[:1]).dtype) for k, v in state.items()}
+        write_checkpoint(directory, specs, ((k, to_numpy(v)) for k, v in state.items()), max_shard_size)
