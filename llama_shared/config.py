@@ -89,6 +89,10 @@ class LlamaConfig:
             self.rope_scaling = _normalise_rope_scaling(self.rope_scaling)
         self.validate()
 
+    def __hash__(self) -> int:
+        """Hash of the config.json content, so a config can be a static jit argument and a Linen field."""
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
+
     # ----------------------------------------------------------------------------------------
     # Derived quantities
 

@@ -1,0 +1,192 @@
+"""from_pretrained / save_pretrained and the jitted call for the Flax twin, on Hugging Face's folder layout.
+
+The twin of llama_torch/loading.py. A FlaxLlama* model holds its Linen module, its config and its
+params (a nested dict with transformers' Flax paths). Weights stream from safetensors one tensor
+at a time; transformers' old flax_model.msgpack files load too.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from flax import serialization
+
+from llama_shared.checkpoint import (DEFAULT_SHARD_SIZE, INDEX_FILE, SINGLE_FILE, Checkpoint, resolve_model_dir,
+                                     write_checkpoint)
+from llama_shared.config import LlamaConfig
+from llama_shared.errors import CheckpointError
+from llama_shared.naming import check_shape, checkpoint_key_map, flatten_tree, hf_key, unflatten_tree
+
+HEAD_MODULES = ("score", "qa_outputs")
+MSGPACK_FILE = "flax_model.msgpack"
+_JAX_DTYPES = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
+
+
+def resolve_dtype(dtype: Any, config: LlamaConfig) -> Any:
+    """float32 by default; "auto" takes the checkpoint's torch_dtype; names or jnp dtypes otherwise."""
+    if dtype is None:
+        return jnp.float32
+    if dtype == "auto":
+        return _JAX_DTYPES.get(config.torch_dtype or "float32", jnp.float32)
+    if isinstance(dtype, str):
+        if dtype not in _JAX_DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_JAX_DTYPES)} or 'auto'")
+        return _JAX_DTYPES[dtype]
+    return dtype
+
+
+@partial(jax.jit, static_argnames=("module", "static"))
+def _apply(module: Any, params: Any, arrays: dict[str, Any], static: tuple[tuple[str, Any], ...]) -> Any:
+    return module.apply({"params": params}, **arrays, **dict(static))
+
+
+class FlaxPreTrainedModel:
+    """A Linen module with its params: jitted calls, random init, Hugging Face folder I/O."""
+
+    module_class: type = None  # set by each model class
+    base_prefix = ""
+
+    def __init__(self, config: LlamaConfig, params: Any = None, dtype: Any = jnp.float32,
+                 param_dtype: Any = None, seed: int = 0):
+        self.config = config
+        self.dtype = dtype
+        self.param_dtype = param_dtype or dtype
+        self.module = self.module_class(config, dtype, self.param_dtype)
+        self.params = params if params is not None else self.init_params(jax.random.PRNGKey(seed))
+
+    def init_params(self, rng: jax.Array) -> Any:
+        """Random parameters (normal(0, initializer_range) weights, unit norms, zero biases)."""
+        ids = jnp.zeros((1, 1), jnp.int32)
+        return jax.jit(lambda key: self.module.init(key, ids)["params"])(rng)
+
+    def param_shapes(self) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
+        """Flat {path: shape/dtype} of the params, without allocating them."""
+        ids = jnp.zeros((1, 1), jnp.int32)
+        shapes = jax.eval_shape(lambda key: self.module.init(key, ids)["params"], jax.random.PRNGKey(0))
+        return flatten_tree(shapes)
+
+    def __call__(self, input_ids: Any = None, attention_mask: Any = None, position_ids: Any = None,
+                 params: Any = None, **kwargs: Any) -> Any:
+        """Run the model under jax.jit; array arguments are traced, the rest are static."""
+        if input_ids is not None:
+            self.check_token_ids(input_ids)
+        arrays = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        static = []
+        for name, value in kwargs.items():
+            if value is None or isinstance(value, (bool, int, str)):
+                static.append((name, value))
+            else:
+                arrays[name] = value
+        arrays = {k: (jnp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in arrays.items() if v is not None}
+        return _apply(self.module, self.params if params is None else params, arrays, tuple(sorted(static)))
+
+    def check_token_ids(self, input_ids: Any) -> None:
+        """Raise if a token id is outside [0, vocab_size) (checked on the host before any jit)."""
+        if isinstance(input_ids, jax.core.Tracer) or np.size(input_ids) == 0:
+            return
+        ids = np.asarray(input_ids)
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= self.config.vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(f"input_ids holds token id {bad}, outside the vocabulary [0, {self.config.vocab_size})")
+
+    # ------------------------------------------------------------------------------------------
+    # Hugging Face folders
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, dtype: Any = None, param_dtype: Any = None,
+                        config: LlamaConfig | None = None, **config_overrides: Any) -> "FlaxPreTrainedModel":
+        """Load a Hugging Face folder (config.json + safetensors, or flax_model.msgpack) or hub repo id.
+
+        dtype is the compute dtype and, unless param_dtype says otherwise, the params' dtype.
+        """
+        directory = resolve_model_dir(path_or_repo_id)
+        if config is None:
+            config = LlamaConfig.from_pretrained(directory, **config_overrides)
+        dtype = resolve_dtype(dtype, config)
+        model = cls.__new__(cls)
+        model.config, model.dtype, model.param_dtype = config, dtype, param_dtype or dtype
+        model.module = cls.module_class(config, dtype, model.param_dtype)
+        has_safetensors = any(os.path.exists(os.path.join(directory, f)) for f in (SINGLE_FILE, INDEX_FILE))
+        if not has_safetensors and os.path.exists(os.path.join(directory, MSGPACK_FILE)):
+            model.params = model._params_from_msgpack(os.path.join(directory, MSGPACK_FILE))
+        else:
+            model.params = model._params_from_checkpoint(Checkpoint(directory))
+        return model
+
+    def _params_from_checkpoint(self, checkpoint: Checkpoint) -> Any:
+        shapes = self.param_shapes()
+        keys = {path: hf_key(path) for path in shapes}
+        key_map = checkpoint_key_map([k for k, _ in keys.values()], checkpoint.keys(), self.base_prefix)
+        flat, fresh = {}, []
+        for path, spec in shapes.items():
+            name, transposed = keys[path]
+            source = key_map[name]
+            if source is None:
+                if path[0] in HEAD_MODULES:
+                    fresh.append(name)
+                    flat[path] = self._fresh_head_param(path, spec)
+                    continue
+                raise CheckpointError(f"tensor {name!r} is missing from the checkpoint at {checkpoint.directory}")
+            expected = tuple(reversed(spec.shape)) if transposed else spec.shape
+            check_shape(source, checkpoint.shape(source), expected, checkpoint.directory)
+            array = checkpoint.get(source)
+            flat[path] = jnp.asarray(array.T if transposed else array, dtype=self.param_dtype)
+        if fresh:
+            warnings.warn(f"{', '.join(fresh)} not in the checkpoint: newly initialised, train before use",
+                          stacklevel=3)
+        return unflatten_tree(flat)
+
+    def _fresh_head_param(self, path: tuple[str, ...], spec: jax.ShapeDtypeStruct) -> jax.Array:
+        if path[-1] == "kernel":
+            key = jax.random.PRNGKey(abs(hash(path)) % 2**31)
+            return (jax.random.normal(key, spec.shape) * self.config.initializer_range).astype(self.param_dtype)
+        return jnp.zeros(spec.shape, self.param_dtype)
+
+    def _params_from_msgpack(self, path: str) -> Any:
+        with open(path, "rb") as f:
+            state = serialization.msgpack_restore(f.read())
+        flat = flatten_tree(state)
+        prefix_free = {p[1:] if p[0] in ("model", "transformer") else p: v for p, v in flat.items()}
+        out = {}
+        for target, spec in self.param_shapes().items():
+            bare = target[1:] if target[0] in ("model", "transformer") else target
+            source = flat.get(target, prefix_free.get(bare))
+            if source is None:
+                raise CheckpointError(f"parameter {'/'.join(target)} is missing from {path}")
+            check_shape("/".join(target), source.shape, spec.shape, path)
+            out[target] = jnp.asarray(source, dtype=self.param_dtype)
+        return unflatten_tree(out)
+
+    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int = DEFAULT_SHARD_SIZE) -> None:
+        """Write config.json and safetensors that transformers (and the torch twin) load unchanged."""
+        os.makedirs(directory, exist_ok=True)
+        flat = flatten_tree(self.params)
+        dtype = np.dtype(jax.tree_util.tree_leaves(self.params)[0].dtype)
+        dtype_name = "bfloat16" if dtype == ml_dtypes.bfloat16 else dtype.name
+        torch_name = type(self).__name__.removeprefix("Flax")
+        self.config.replace(torch_dtype=dtype_name, architectures=[torch_name]).save_pretrained(directory)
+        entries = sorted((hf_key(path) + (path,) for path in flat), key=lambda e: _hf_order(e[0]))
+        specs = {name: ((tuple(reversed(flat[path].shape)) if transposed else tuple(flat[path].shape)),
+                        np.dtype(flat[path].dtype)) for name, transposed, path in entries}
+        tensors = ((name, _host(flat[path], transposed)) for name, transposed, path in entries)
+        write_checkpoint(directory, specs, tensors, max_shard_size)
+
+
+def _host(array: jax.Array, transposed: bool) -> np.ndarray:
+    host = np.asarray(jax.device_get(array))
+    return np.ascontiguousarray(host.T) if transposed else host
+
+
+def _hf_order(key: str) -> tuple:
+    """Sort keys as transformers lists them: embeddings, layers in numeric order, norm, heads."""
+    parts = key.split(".")
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts)
+

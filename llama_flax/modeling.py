@@ -1,0 +1,396 @@
+"""Llama in Flax Linen: the twin of llama_torch/modeling.py, class for class and in the same order.
+
+Parameter paths are transformers' Flax paths (model/layers/0/self_attn/q_proj/kernel, kernels
+[in, out]). Numerics follow the contract in DESIGN.md: RMSNorm in float32 and cast back before the
+weight, RoPE tables in float32 from llama_shared.rope, softmax in float32
+(jax.nn.dot_product_attention), GQA without repeating K/V. The cache is functional: layers take
+their (keys, values) and return the updated pair.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from llama_flax.cache import KVCache
+from llama_flax.loading import FlaxPreTrainedModel
+from llama_shared import rope
+from llama_shared.config import LlamaConfig
+from llama_shared.heads import IGNORE_INDEX, require_pad_for_batch, sequence_problem_type, token_classifier_dropout
+from llama_shared.masks import attention_allowed, custom_mask_allowed
+from llama_shared.outputs import (BaseModelOutput, CausalLMOutput, QuestionAnsweringOutput,
+                                  SequenceClassifierOutput, TokenClassifierOutput)
+
+Array = jax.Array
+ACTIVATIONS = {"silu": nn.silu, "swish": nn.silu, "relu": nn.relu,
+               "gelu": lambda x: nn.gelu(x, approximate=False),
+               "gelu_new": lambda x: nn.gelu(x, approximate=True),
+               "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True)}
+
+
+class LlamaRMSNorm(nn.Module):
+    """x * rsqrt(mean(x^2) + eps) in float32, cast back to the input dtype, then times the weight."""
+
+    eps: float
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        weight = self.param("weight", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return weight.astype(x.dtype) * normed.astype(x.dtype)
+
+
+def rotate_half(x: Array) -> Array:
+    """(x1, x2) -> (-x2, x1) over the two halves of the last axis."""
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate((-x2, x1), axis=-1)
+
+
+def apply_rotary(x: Array, cos: Array, sin: Array) -> Array:
+    """Rotate x (batch, seq, heads, head_dim) by the (batch, seq, head_dim) tables."""
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    return x * cos + rotate_half(x) * sin
+
+
+class LlamaRotaryEmbedding(nn.Module):
+    """cos/sin tables for given positions, from llama_shared.rope's frequencies."""
+
+    config: LlamaConfig
+
+    def __call__(self, position_ids: Array, dtype: Any) -> tuple[Array, Array]:
+        seq_len = jnp.max(position_ids) + 1 if rope.is_length_dependent(self.config) else None
+        frequencies = jnp.asarray(rope.inv_freq(self.config, seq_len, jnp), jnp.float32)
+        cos, sin = rope.rotary_cos_sin(position_ids.astype(jnp.float32), frequencies,
+                                       rope.attention_factor(self.config), jnp)
+        return cos.astype(dtype), sin.astype(dtype)
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, allowed: Array | None) -> Array:
+    """Softmax attention on (batch, seq, heads, head_dim) arrays; K/V keep their kv heads.
+
+    allowed None means plainly causal (no padding, no cache): on a GPU with half-precision inputs
+    that runs cuDNN's fused kernel, elsewhere XLA's.
+    """
+    implementation = "xla"
+    if allowed is None and q.dtype in (jnp.bfloat16, jnp.float16) and jax.default_backend() == "gpu" \
+            and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128:
+        implementation = "cudnn"
+    return jax.nn.dot_product_attention(q, k, v, mask=allowed, is_causal=allowed is None,
+                                        implementation=implementation)
+
+
+class LlamaAttention(nn.Module):
+    """Multi-head attention with grouped key/value heads and an optional KV cache."""
+
+    config: LlamaConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def setup(self) -> None:
+        c = self.config
+        dense = lambda features: nn.Dense(features, use_bias=c.attention_bias, dtype=self.dtype,  # noqa: E731
+                                          param_dtype=self.param_dtype,
+                                          kernel_init=nn.initializers.normal(c.initializer_range))
+        self.q_proj = dense(c.num_attention_heads * c.head_dim)
+        self.k_proj = dense(c.num_key_value_heads * c.head_dim)
+        self.v_proj = dense(c.num_key_value_heads * c.head_dim)
+        self.o_proj = dense(c.hidden_size)
+
+    def __call__(self, x: Array, cos: Array, sin: Array, allowed: Array | None,
+                 cache: tuple[Array, Array] | None = None,
+                 cache_position: Array | None = None) -> tuple[Array, tuple[Array, Array] | None]:
+        c = self.config
+        batch, seq, _ = x.shape
+        q = self.q_proj(x).reshape(batch, seq, c.num_attention_heads, c.head_dim)
+        k = self.k_proj(x).reshape(batch, seq, c.num_key_value_heads, c.head_dim)
+        v = self.v_proj(x).reshape(batch, seq, c.num_key_value_heads, c.head_dim)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            cache = KVCache.update_layer(cache, k, v, cache_position)
+            k, v = cache
+        out = dot_product_attention(q, k, v, allowed)
+        return self.o_proj(out.reshape(batch, seq, c.num_attention_heads * c.head_dim)), cache
+
+
+class LlamaMLP(nn.Module):
+    """down(act(gate(x)) * up(x))."""
+
+    config: LlamaConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        c = self.config
+        dense = lambda features, name: nn.Dense(features, use_bias=c.mlp_bias, dtype=self.dtype,  # noqa: E731
+                                                param_dtype=self.param_dtype, name=name,
+                                                kernel_init=nn.initializers.normal(c.initializer_range))
+        gate = dense(c.intermediate_size, "gate_proj")(x)
+        up = dense(c.intermediate_size, "up_proj")(x)
+        return dense(c.hidden_size, "down_proj")(ACTIVATIONS[c.hidden_act](gate) * up)
+
+
+class LlamaDecoderLayer(nn.Module):
+    """Pre-norm block: x + attn(norm(x)), then h + mlp(norm(h))."""
+
+    config: LlamaConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, cos: Array, sin: Array, allowed: Array | None,
+                 cache: tuple[Array, Array] | None = None,
+                 cache_position: Array | None = None) -> tuple[Array, tuple[Array, Array] | None]:
+        c = self.config
+        norm = lambda name: LlamaRMSNorm(c.rms_norm_eps, self.param_dtype, name=name)  # noqa: E731
+        attn_out, cache = LlamaAttention(c, self.dtype, self.param_dtype, name="self_attn")(
+            norm("input_layernorm")(x), cos, sin, allowed, cache, cache_position)
+        h = x + attn_out
+        return h + LlamaMLP(c, self.dtype, self.param_dtype, name="mlp")(norm("post_attention_layernorm")(h)), cache
+
+
+class LlamaLayers(nn.Module):
+    """The decoder layers, named "0", "1", ... under "layers" as in transformers' Flax tree."""
+
+    config: LlamaConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, cos: Array, sin: Array, allowed: Array | None, cache: KVCache | None,
+                 cache_position: Array | None, output_hidden_states: bool) -> tuple[Array, KVCache | None, list]:
+        hidden_states = []
+        for i in range(self.config.num_hidden_layers):
+            layer_cache = cache.layer(i) if cache is not None else None
+            x, layer_cache = LlamaDecoderLayer(self.config, self.dtype, self.param_dtype, name=str(i))(
+                x, cos, sin, allowed, layer_cache, cache_position)
+            if cache is not None:
+                cache = cache.replace_layer(i, layer_cache)
+            if output_hidden_states:
+                hidden_states.append(x)
+        return x, cache, hidden_states
+
+
+class LlamaModule(nn.Module):
+    """Embeddings, the decoder layers and the final norm (torch: LlamaModel)."""
+
+    config: LlamaConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def setup(self) -> None:
+        c = self.config
+        self.embed_tokens = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
+                                     embedding_init=nn.initializers.normal(c.initializer_range))
+        self.layers = LlamaLayers(c, self.dtype, self.param_dtype)
+        self.norm = LlamaRMSNorm(c.rms_norm_eps, self.param_dtype)
+        self.rotary_emb = LlamaRotaryEmbedding(c)
+
+    def __call__(self, input_ids: Array | None = None, attention_mask: Array | None = None,
+                 position_ids: Array | None = None, past_key_values: KVCache | None = None,
+                 inputs_embeds: Array | None = None, cache_position: Array | None = None,
+                 output_hidden_states: bool = False) -> BaseModelOutput:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        batch, seq, _ = inputs_embeds.shape
+        if cache_position is None:
+            cache_position = jnp.arange(seq)
+        if position_ids is None:
+            position_ids = jnp.broadcast_to(cache_position[None], (batch, seq))
+        allowed = self._allowed(attention_mask, cache_position, past_key_values, batch, seq)
+        cos, sin = self.rotary_emb(position_ids, inputs_embeds.dtype)
+
+        x, past_key_values, layer_states = self.layers(inputs_embeds, cos, sin, allowed, past_key_values,
+                                                       cache_position, output_hidden_states)
+        x = self.norm(x)
+        hidden_states = None
+        if output_hidden_states:
+            hidden_states = (inputs_embeds, *layer_states[:-1], x)
+        return BaseModelOutput(x, hidden_states, past_key_values)
+
+    def attend(self, x: Array) -> Array:
+        """Logits through the (tied) embedding matrix."""
+        return self.embed_tokens.attend(x)
+
+    @staticmethod
+    def _allowed(attention_mask: Array | None, cache_position: Array, cache: KVCache | None,
+                 batch: int, seq: int) -> Array | None:
+        if attention_mask is not None and attention_mask.ndim == 4:
+            return custom_mask_allowed(attention_mask)
+        keys = cache.max_length if cache is not None else seq
+        if attention_mask is None:
+            if cache is None:
+                return None
+            key_valid = jnp.ones((batch, keys), dtype=bool)
+        else:
+            key_valid = attention_mask.astype(bool)
+            if key_valid.shape[1] < keys:
+                key_valid = jnp.pad(key_valid, ((0, 0), (0, keys - key_valid.shape[1])), constant_values=True)
+        return attention_allowed(cache_position, jnp.arange(keys), key_valid)
+
+
+class LlamaForCausalLMModule(nn.Module):
+    """LlamaModule with the language-model head; labels give the shifted cross-entropy loss."""
+
+    config: LlamaConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def setup(self) -> None:
+        c = self.config
+        self.model = LlamaModule(c, self.dtype, self.param_dtype)
+        if not c.tie_word_embeddings:
+            self.lm_head = nn.Dense(c.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+                                    kernel_init=nn.initializers.normal(c.initializer_range))
+
+    def __call__(self, input_ids: Array | None = None, attention_mask: Array | None = None,
+                 position_ids: Array | None = None, past_key_values: KVCache | None = None,
+                 inputs_embeds: Array | None = None, labels: Array | None = None,
+                 cache_position: Array | None = None, logits_to_keep: int = 0,
+                 output_hidden_states: bool = False) -> CausalLMOutput:
+        out = self.model(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,
+                         cache_position, output_hidden_states)
+        kept = out.last_hidden_state[:, -logits_to_keep:] if logits_to_keep else out.last_hidden_state
+        logits = self.model.attend(kept) if self.config.tie_word_embeddings else self.lm_head(kept)
+        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        return CausalLMOutput(logits, loss, out.hidden_states, out.past_key_values)
+
+
+def causal_lm_loss(logits: Array, labels: Array) -> Array:
+    """Mean cross-entropy of logits[t] against labels[t+1] in float32, ignoring -100."""
+    shifted = jnp.pad(labels, ((0, 0), (0, 1)), constant_values=IGNORE_INDEX)[:, 1:]
+    return masked_cross_entropy(logits, shifted, shifted != IGNORE_INDEX)
+
+
+def masked_cross_entropy(logits: Array, labels: Array, keep: Array) -> Array:
+    """Mean float32 cross-entropy over the kept positions."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), jnp.where(keep, labels, 0))
+    return jnp.sum(jnp.where(keep, losses, 0.0)) / jnp.sum(keep)
+
+
+class LlamaForSequenceClassificationModule(nn.Module):
+    """Scores every position, pooled at each row's last non-pad token."""
+
+    config: LlamaConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids: Array | None = None, attention_mask: Array | None = None,
+                 position_ids: Array | None = None, inputs_embeds: Array | None = None,
+                 labels: Array | None = None, output_hidden_states: bool = False) -> SequenceClassifierOutput:
+        c = self.config
+        out = LlamaModule(c, self.dtype, self.param_dtype, name="model")(
+            input_ids, attention_mask, position_ids, None, inputs_embeds, output_hidden_states=output_hidden_states)
+        logits = nn.Dense(c.num_labels, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype, name="score",
+                          kernel_init=nn.initializers.normal(c.initializer_range))(out.last_hidden_state)
+        batch = logits.shape[0]
+        require_pad_for_batch(c, batch)
+        if input_ids is None or c.pad_token_id is None:
+            last = jnp.full((batch,), logits.shape[1] - 1)
+        else:
+            not_pad = (input_ids != c.pad_token_id).astype(jnp.int32)
+            last = jnp.argmax(jnp.arange(input_ids.shape[1]) * not_pad, axis=-1)
+        pooled = logits[jnp.arange(batch), last]
+        loss = self._loss(pooled, labels) if labels is not None else None
+        return SequenceClassifierOutput(pooled, loss, out.hidden_states)
+
+    def _loss(self, pooled: Array, labels: Array) -> Array:
+        kind = sequence_problem_type(self.config, jnp.issubdtype(labels.dtype, jnp.integer))
+        if kind == "regression":
+            if self.config.num_labels == 1:
+                return jnp.mean((pooled.squeeze() - labels.squeeze().astype(pooled.dtype)) ** 2)
+            return jnp.mean((pooled - labels.astype(pooled.dtype)) ** 2)
+        if kind == "single_label_classification":
+            flat = labels.reshape(-1)
+            return masked_cross_entropy(pooled.reshape(-1, self.config.num_labels), flat, flat != IGNORE_INDEX)
+        return jnp.mean(optax.sigmoid_binary_cross_entropy(pooled, labels.astype(pooled.dtype)))
+
+
+class LlamaForQuestionAnsweringModule(nn.Module):
+    """Start and end logits per token (the base model sits under "transformer", as in transformers)."""
+
+    config: LlamaConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids: Array | None = None, attention_mask: Array | None = None,
+                 position_ids: Array | None = None, inputs_embeds: Array | None = None,
+                 start_positions: Array | None = None, end_positions: Array | None = None,
+                 output_hidden_states: bool = False) -> QuestionAnsweringOutput:
+        c = self.config
+        out = LlamaModule(c, self.dtype, self.param_dtype, name="transformer")(
+            input_ids, attention_mask, position_ids, None, inputs_embeds, output_hidden_states=output_hidden_states)
+        logits = nn.Dense(2, dtype=self.dtype, param_dtype=self.param_dtype, name="qa_outputs",
+                          kernel_init=nn.initializers.normal(c.initializer_range))(out.last_hidden_state)
+        start, end = logits[..., 0], logits[..., 1]
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            ignored = start.shape[1]
+            start_positions, end_positions = jnp.clip(start_positions, 0, ignored), jnp.clip(end_positions, 0, ignored)
+            loss = (masked_cross_entropy(start, start_positions, start_positions != ignored)
+                    + masked_cross_entropy(end, end_positions, end_positions != ignored)) / 2
+        return QuestionAnsweringOutput(start, end, loss, out.hidden_states)
+
+
+class LlamaForTokenClassificationModule(nn.Module):
+    """A label per token, after dropout (active when the call passes deterministic=False)."""
+
+    config: LlamaConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids: Array | None = None, attention_mask: Array | None = None,
+                 position_ids: Array | None = None, inputs_embeds: Array | None = None,
+                 labels: Array | None = None, output_hidden_states: bool = False,
+                 deterministic: bool = True) -> TokenClassifierOutput:
+        c = self.config
+        out = LlamaModule(c, self.dtype, self.param_dtype, name="model")(
+            input_ids, attention_mask, position_ids, None, inputs_embeds, output_hidden_states=output_hidden_states)
+        x = nn.Dropout(token_classifier_dropout(c))(out.last_hidden_state, deterministic=deterministic)
+        logits = nn.Dense(c.num_labels, dtype=self.dtype, param_dtype=self.param_dtype, name="score",
+                          kernel_init=nn.initializers.normal(c.initializer_range))(x)
+        loss = None
+        if labels is not None:
+            flat = labels.reshape(-1)
+            loss = masked_cross_entropy(logits.reshape(-1, c.num_labels), flat, flat != IGNORE_INDEX)
+        return TokenClassifierOutput(logits, loss, out.hidden_states)
+
+
+# ------------------------------------------------------------------------------------------------
+# The public models: a module, its config and its params (torch: the nn.Modules above).
+
+
+class FlaxLlamaModel(FlaxPreTrainedModel):
+    module_class = LlamaModule
+    base_prefix = ""
+
+
+class FlaxLlamaForCausalLM(FlaxPreTrainedModel):
+    module_class = LlamaForCausalLMModule
+    base_prefix = "model"
+
+
+class FlaxLlamaForSequenceClassification(FlaxPreTrainedModel):
+    module_class = LlamaForSequenceClassificationModule
+    base_prefix = "model"
+
+
+class FlaxLlamaForQuestionAnswering(FlaxPreTrainedModel):
+    module_class = LlamaForQuestionAnsweringModule
+    base_prefix = "transformer"
+
+
+class FlaxLlamaForTokenClassification(FlaxPreTrainedModel):
+    module_class = LlamaForTokenClassificationModule
+    base_prefix = "model"
