@@ -12,7 +12,7 @@ SUBCOMMANDS = {
     "convert": "llama_shared.cli_convert",
     "parity": "llama_shared.cli_parity",
     "mask": "llama_shared.cli_mask",
-    "train": "llama_flax.cli_train",
+    "train": "llama_shared.cli_train",
     "bench": "llama_shared.cli_bench",
 }
 
