@@ -3,8 +3,10 @@ the path of Meta's Llama 3 tiktoken file from the llama-models package (no downl
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import random
+import tempfile
 from pathlib import Path
 
 _SYLLABLES = ["th", "e", "an", "re", "in", "on", "at", "er", "st", "ou", "ing", "al", "ed", "to",
@@ -51,3 +53,45 @@ def train_llama_style_spm(out_dir: Path, vocab_size: int = 1000) -> Path:
 def llama3_tiktoken_path() -> Path:
     """Meta's Llama 3 tokenizer.model as shipped inside the llama-models package."""
     return Path(str(importlib.resources.files("llama_models.llama3") / "tokenizer.model"))
+
+
+@functools.lru_cache(maxsize=None)
+def trained_spm_path() -> Path:
+    """The Llama-style sentencepiece model, trained once per test process into a temporary folder."""
+    return train_llama_style_spm(Path(tempfile.mkdtemp(prefix="llama_twin_spm_")))
+
+
+@functools.lru_cache(maxsize=None)
+def hf_llama3_fast(special_tokens: tuple[str, ...]):
+    """transformers' PreTrainedTokenizerFast for Meta's Llama 3 file, built as its conversion script does."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    backend = TikTokenConverter(vocab_file=str(llama3_tiktoken_path()),
+                                additional_special_tokens=list(special_tokens)).converted()
+    backend.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                      pair="<|begin_of_text|>:0 $A:0 <|begin_of_text|>:1 $B:1",
+                                      special_tokens=[("<|begin_of_text|>", 128000)]),
+    ])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|begin_of_text|>",
+                                   eos_token="<|end_of_text|>", clean_up_tokenization_spaces=True)
+
+
+# Pieces that stress tokenizers: whitespace runs, CJK, emoji, combining marks, controls and
+# strings that look like (or are) special tokens of either tokenizer family.
+TRICKY_PIECES = [" ", "  ", "   ", "\t", "\n", "\n\n", "\r\n", "\u3000", "\u00a0", "\u2581", "\u2581\u2581",
+                 "<s>", "</s>", "<unk>", "<s", "s>", "</", "<<s>>", "<|begin_of_text|>", "<|eot_id|>",
+                 "<|end_of_text|", "<|reserved_special_token_7|>", "<|python_tag|>", "生活的真谛是", "日本", "🙂",
+                 "👍🏽", "👨‍👩‍👧", "e\u0301", "\u0301", "\x00", "\x07", "\x7f", "\u200b", "\ufeff", "Hello",
+                 " world", "'s", "'LL", "don't", "123456", "3.14", ".", " .", "?!", "naïve", "Ελλ"]
+
+
+def tricky_text():
+    """Hypothesis strategy: arbitrary unicode mixed with TRICKY_PIECES (empty strings included)."""
+    from hypothesis import strategies as st
+
+    piece = st.one_of(st.text(max_size=6), st.sampled_from(TRICKY_PIECES))
+    return st.lists(piece, max_size=10).map("".join)
