@@ -146,7 +146,10 @@ def inv_freq(config: LlamaConfig, seq_len: Any = None, xp: ModuleType = np) -> A
         return xp.where(seq_len > _longrope_original_length(config), long, short)
     dim, mpe = config.head_dim, config.max_position_embeddings
     factor = config.rope_scaling["factor"]
-    length = xp.where(seq_len > mpe, seq_len, mpe)
+    if isinstance(seq_len, (int, np.integer)):
+        length = max(int(seq_len), mpe)  # a host value: Python floats keep the result float32
+    else:
+        length = xp.where(seq_len > mpe, seq_len, mpe)
     base = config.rope_theta * ((factor * length / mpe) - (factor - 1)) ** (dim / (dim - 2))
     return 1.0 / (base ** xp.asarray(_exponents(config)))
 
