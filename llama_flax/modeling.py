@@ -21,7 +21,7 @@ from llama_flax.loading import FlaxPreTrainedModel
 from llama_shared import rope
 from llama_shared.config import LlamaConfig
 from llama_shared.heads import IGNORE_INDEX, require_pad_for_batch, sequence_problem_type, token_classifier_dropout
-from llama_shared.masks import attention_allowed, custom_mask_allowed
+from llama_shared.masks import attention_allowed, custom_mask_allowed, query_has_keys
 from llama_shared.outputs import (BaseModelOutput, CausalLMOutput, QuestionAnsweringOutput,
                                   SequenceClassifierOutput, TokenClassifierOutput)
 
@@ -75,14 +75,16 @@ def dot_product_attention(q: Array, k: Array, v: Array, allowed: Array | None) -
     """Softmax attention on (batch, seq, heads, head_dim) arrays; K/V keep their kv heads.
 
     allowed None means plainly causal (no padding, no cache): on a GPU with half-precision inputs
-    that runs cuDNN's fused kernel, elsewhere XLA's.
+    that runs cuDNN's fused kernel, elsewhere XLA's. A query with no allowed key (left padding)
+    outputs zeros.
     """
     implementation = "xla"
     if allowed is None and q.dtype in (jnp.bfloat16, jnp.float16) and jax.default_backend() == "gpu" \
             and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128:
         implementation = "cudnn"
-    return jax.nn.dot_product_attention(q, k, v, mask=allowed, is_causal=allowed is None,
-                                        implementation=implementation)
+    out = jax.nn.dot_product_attention(q, k, v, mask=allowed, is_causal=allowed is None,
+                                       implementation=implementation)
+    return out if allowed is None else jnp.where(query_has_keys(allowed), out, 0.0)
 
 
 class LlamaAttention(nn.Module):

@@ -14,14 +14,20 @@ def attention_allowed(query_slots: Any, key_slots: Any, key_valid: Any) -> Any:
 
     query_slots: (queries,) or (batch, queries) cache slots of the queries; key_slots: (keys,);
     key_valid: (batch, keys), False for padding. A query sees keys at or before its own slot
-    (causal) that are not padding. The padding rule applies to keys only, as in transformers;
-    a query also always sees its own slot, so a padding query's row is never fully masked and
-    cannot produce NaN (its output is unused).
+    (causal) that are not padding; the padding rule applies to keys only, as in transformers.
     """
     q = query_slots[..., :, None]
     k = key_slots[None, None, :]
-    allowed = (k <= q) & (key_valid[:, None, :] | (k == q))
-    return allowed[:, None, :, :]
+    return ((k <= q) & key_valid[:, None, :])[:, None, :, :]
+
+
+def query_has_keys(allowed: Any) -> Any:
+    """(batch, queries, 1, 1) flags, False for a query that may attend to no key (a left-padding query).
+
+    Such a query's attention output is defined as zero (what transformers' SDPA path gives), so the
+    twins agree with transformers even at padding positions and never produce NaN.
+    """
+    return allowed.any(-1)[:, 0, :, None, None]
 
 
 def positions_from_attention_mask(attention_mask: Any, xp: Any) -> Any:

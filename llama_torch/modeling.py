@@ -16,7 +16,7 @@ from torch import nn
 from llama_shared import rope
 from llama_shared.config import LlamaConfig
 from llama_shared.heads import IGNORE_INDEX, require_pad_for_batch, sequence_problem_type, token_classifier_dropout
-from llama_shared.masks import attention_allowed, custom_mask_allowed
+from llama_shared.masks import attention_allowed, custom_mask_allowed, query_has_keys
 from llama_shared.outputs import (BaseModelOutput, CausalLMOutput, QuestionAnsweringOutput,
                                   SequenceClassifierOutput, TokenClassifierOutput)
 from llama_torch.cache import KVCache
@@ -85,6 +85,7 @@ def dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, all
     """Softmax attention on (batch, seq, heads, head_dim) tensors; K/V keep their kv heads.
 
     allowed None means plainly causal (no padding, no cache), which lets SDPA pick a fused kernel.
+    A query with no allowed key (left padding) outputs zeros.
     """
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     groups = q.shape[1] // k.shape[1]
@@ -94,8 +95,8 @@ def dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, all
     elif groups > 1:
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout,
-                                         is_causal=allowed is None, **kwargs)
-    return out.transpose(1, 2)
+                                         is_causal=allowed is None, **kwargs).transpose(1, 2)
+    return out if allowed is None else torch.where(query_has_keys(allowed), out, 0.0)
 
 
 class LlamaAttention(nn.Module):

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random transformers checkpoints saved once per session and reused."""
+"""Shared fixtures: tiny random transformers checkpoints saved once per session and reused, and the
+config cases the parity matrix runs."""
 
 from __future__ import annotations
 
@@ -21,6 +22,22 @@ def tiny_hf_config(**overrides):
     return LlamaConfig(**{**TINY, **overrides})
 
 
+def randomize_(model) -> None:
+    """Give every parameter random values, norms and biases included (transformers' init leaves norms
+    at 1 and biases at 0, where a wrong transpose or a missing bias would go unseen). The scale makes
+    logits of order one, so a 1e-4 tolerance is tight."""
+    import torch
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.copy_(1 + 0.2 * torch.randn_like(param))
+            elif name.endswith("bias"):
+                param.copy_(0.1 * torch.randn_like(param))
+            else:
+                param.copy_(0.08 * torch.randn_like(param))
+
+
 @pytest.fixture(scope="session")
 def hf_checkpoint(tmp_path_factory):
     """factory(**config_overrides, model_class="LlamaForCausalLM", dtype=None) -> folder of a saved
@@ -35,6 +52,7 @@ def hf_checkpoint(tmp_path_factory):
         if key not in made:
             torch.manual_seed(seed)
             model = getattr(transformers, model_class)(tiny_hf_config(**overrides)).eval()
+            randomize_(model)
             if dtype is not None:
                 model = model.to(dtype)
             folder = tmp_path_factory.mktemp(model_class)
@@ -43,3 +61,29 @@ def hf_checkpoint(tmp_path_factory):
         return made[key]
 
     return build
+
+
+ROPE_CASES = {
+    "linear": dict(rope_scaling={"rope_type": "linear", "factor": 4.0}),
+    "dynamic": dict(rope_scaling={"rope_type": "dynamic", "factor": 2.0}, max_position_embeddings=256),
+    "yarn": dict(rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}),
+    "longrope": dict(rope_scaling={"rope_type": "longrope", "short_factor": [1.0 + i / 8 for i in range(8)],
+                                   "long_factor": [2.0 + i / 2 for i in range(8)]},
+                     max_position_embeddings=1024, original_max_position_embeddings=256),
+    "llama3": dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 128},
+                   rope_theta=500000.0),
+}
+
+# Every config feature of the parity matrix (tiny default: GQA 4 heads / 2 kv heads, 2 layers).
+MODEL_CASES = {
+    "mha": dict(num_key_value_heads=4),
+    "gqa": dict(),
+    "mqa": dict(num_key_value_heads=1),
+    "head_dim": dict(head_dim=32),
+    "attention_bias": dict(attention_bias=True),
+    "mlp_bias": dict(mlp_bias=True),
+    "tied": dict(tie_word_embeddings=True),
+    "gelu": dict(hidden_act="gelu"),
+    **{f"rope_{name}": case for name, case in ROPE_CASES.items()},
+}

@@ -15,27 +15,21 @@ from llama_shared.config import LlamaConfig
 from llama_shared.errors import ConfigError
 from llama_shared.presets import PRESETS
 
-ROPE_CASES = {
+from conftest import ROPE_CASES
+
+ROPE_TABLE_CASES = {
     "default": dict(),
-    "linear": dict(rope_scaling={"rope_type": "linear", "factor": 4.0}),
-    "dynamic": dict(rope_scaling={"rope_type": "dynamic", "factor": 2.0}, max_position_embeddings=256),
-    "yarn": dict(rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}),
+    **ROPE_CASES,
     "yarn_mscale": dict(rope_scaling={"rope_type": "yarn", "factor": 8.0, "mscale": 0.707, "mscale_all_dim": 1.0,
                                       "beta_fast": 16, "truncate": False}),
-    "longrope": dict(rope_scaling={"rope_type": "longrope", "short_factor": list(np.linspace(1, 2, 16)),
-                                   "long_factor": list(np.linspace(2, 8, 16))},
-                     max_position_embeddings=1024, original_max_position_embeddings=256),
-    "llama3": dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 128},
-                   rope_theta=500000.0),
 }
-SMALL = dict(vocab_size=100, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
+SMALL = dict(vocab_size=100, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4)
 
 
-@pytest.mark.parametrize("case", sorted(ROPE_CASES))
+@pytest.mark.parametrize("case", sorted(ROPE_TABLE_CASES))
 @pytest.mark.parametrize("seq_len", [None, 100, 600])
 def test_rope_tables_equal_transformers(case, seq_len):
-    hf = HFConfig(**SMALL, **ROPE_CASES[case])
+    hf = HFConfig(**SMALL, **ROPE_TABLE_CASES[case])
     ours = LlamaConfig.from_dict(hf.to_dict())
     hf_freq, hf_factor = ROPE_INIT_FUNCTIONS[ours.rope_type](hf, "cpu", seq_len=seq_len)
     np.testing.assert_allclose(rope.inv_freq(ours, seq_len), hf_freq.numpy(), rtol=2e-7, atol=0)

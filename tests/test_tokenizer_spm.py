@@ -176,3 +176,23 @@ def test_wrong_kind_and_corrupt_files_fail_clearly(tmp_path):
     bad_json.write_text("{not json")
     with pytest.raises(TokenizerError, match="tokenizer.json"):
         LlamaTokenizerFast(tokenizer_file=bad_json)
+
+
+@pytest.mark.parametrize("framework", ["jax", "pt"])
+def test_return_tensors_for_each_backend(framework):
+    module = pytest.importorskip("jax.numpy" if framework == "jax" else "torch")
+    ours = LlamaTokenizerFast(str(trained_spm_path()), pad_token="<unk>")
+    out = ours(["Hello world", "x"], padding=True, return_tensors=framework)
+    want = ours(["Hello world", "x"], padding=True)
+    assert isinstance(out.input_ids, module.ndarray if framework == "jax" else module.Tensor)
+    assert out.input_ids.tolist() == want["input_ids"] and out.attention_mask.tolist() == want["attention_mask"]
+
+
+def test_importing_tokenizers_loads_neither_jax_nor_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, llama_shared.tokenizer; "
+            "print(sorted(m for m in ('jax', 'torch', 'flax') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
