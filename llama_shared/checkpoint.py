@@ -90,6 +90,18 @@ class SafetensorsFile:
         raw = self._map[self._data_start + begin:self._data_start + end]
         return raw.view(DTYPES[entry["dtype"]]).reshape(entry["shape"])
 
+    def read(self, key: str) -> np.ndarray:
+        """The tensor as a private copy read from disk, no mapping kept: a pass over a model larger
+        than RAM holds only the tensor at hand (mapped pages would stay resident until unmapped)."""
+        entry = self._entry(key)
+        begin, end = entry["data_offsets"]
+        array = np.empty(entry["shape"], DTYPES[entry["dtype"]])
+        with open(self.path, "rb") as f:
+            f.seek(self._data_start + begin)
+            if f.readinto(memoryview(array.reshape(-1).view(np.uint8))) != end - begin:
+                raise CheckpointError(f"{self.path} is truncated inside tensor {key!r}")
+        return array
+
     def _entry(self, key: str) -> dict[str, Any]:
         try:
             return self._entries[key]
@@ -139,6 +151,10 @@ class Checkpoint:
 
     def get(self, key: str) -> np.ndarray:
         return self._file_for(key).get(key)
+
+    def read(self, key: str) -> np.ndarray:
+        """A private copy of the tensor read from disk (see SafetensorsFile.read)."""
+        return self._file_for(key).read(key)
 
     def _file_for(self, key: str) -> SafetensorsFile:
         if key not in self._key_to_file:
