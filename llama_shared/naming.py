@@ -171,3 +171,26 @@ def interleaved_from_rotate_half(w: np.ndarray, num_heads: int) -> np.ndarray:
     head_dim = rows // num_heads
     rest = w.shape[1:]
     return w.reshape(num_heads, 2, head_dim // 2, *rest).swapaxes(1, 2).reshape(rows, *rest)
+
+
+# fairscale's split dimension of each Meta tensor across model-parallel files ([out, in] layout):
+# ColumnParallelLinear splits outputs (0), RowParallelLinear inputs (1); None is replicated (norms).
+META_SPLIT_DIMS = {
+    "attention.wq": 0, "attention.wk": 0, "attention.wv": 0, "attention.wo": 1,
+    "feed_forward.w1": 0, "feed_forward.w3": 0, "feed_forward.w2": 1,
+    "attention_norm": None, "ffn_norm": None, "norm": None, "output": 0,
+}
+# Llama 1/2 split the embedding along its width (ParallelEmbedding), Llama 3 along the vocabulary
+# (VocabParallelEmbedding); Llama 3's 128256-token vocabulary tells them apart.
+LLAMA3_MIN_VOCAB = 128000
+
+
+def meta_split_dim(key: str, vocab_size: int) -> int | None:
+    """The dimension along which a Meta tensor is split across model-parallel files (None: replicated)."""
+    module = key.rsplit(".", 1)[0]
+    if module == "tok_embeddings":
+        return 0 if vocab_size >= LLAMA3_MIN_VOCAB else 1
+    module = module.split(".", 2)[-1] if module.startswith("layers.") else module
+    if module not in META_SPLIT_DIMS:
+        raise CheckpointError(f"tensor {key!r} is not a known Meta Llama parameter")
+    return META_SPLIT_DIMS[module]
