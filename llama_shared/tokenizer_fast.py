@@ -67,7 +67,6 @@ class LlamaTokenizerFast(TokenizerBase):
     """
 
     padding_side = "left"
-    vocab_files_names = {"vocab_file": "tokenizer.model", "tokenizer_file": "tokenizer.json"}
 
     def __init__(self, vocab_file: str | Path | None = None, tokenizer_file: str | Path | None = None,
                  clean_up_tokenization_spaces: bool = False, unk_token: str | None = "<unk>",

@@ -21,7 +21,6 @@ class LlamaTokenizer(TokenizerBase):
     """
 
     padding_side = "right"
-    vocab_files_names = {"vocab_file": "tokenizer.model"}
 
     def __init__(self, vocab_file: str | Path, unk_token: str | None = "<unk>", bos_token: str | None = "<s>",
                  eos_token: str | None = "</s>", pad_token: str | None = None,

@@ -74,7 +74,6 @@ class Llama3Tokenizer(TokenizerBase):
     """
 
     padding_side = "right"
-    vocab_files_names = {"vocab_file": "tokenizer.model"}
     pat_str = LLAMA3_PATTERN
 
     def __init__(self, vocab_file: str | Path, special_tokens: str | list[str] = "3.1",
