@@ -18,7 +18,9 @@ from torch import nn
 from llama_shared.checkpoint import Checkpoint, resolve_model_dir, write_checkpoint, DEFAULT_SHARD_SIZE
 from llama_shared.config import LlamaConfig
 from llama_shared.errors import CheckpointError
+from llama_shared.generation import GenerationConfig
 from llama_shared.naming import check_shape, checkpoint_key_map
+from llama_torch.generation import GenerationMixin
 
 HEAD_MODULES = ("score", "qa_outputs")
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -53,7 +55,7 @@ def resolve_dtype(dtype: torch.dtype | str | None, config: LlamaConfig) -> torch
     return dtype
 
 
-class PreTrainedModel(nn.Module):
+class PreTrainedModel(GenerationMixin, nn.Module):
     """Weight init, tying, token checks and Hugging Face folder I/O shared by the five model classes."""
 
     base_prefix = ""
@@ -123,6 +125,7 @@ class PreTrainedModel(nn.Module):
         model = model.to(target).to_empty(device=device)
         model.tie_weights()
         model.load_checkpoint(Checkpoint(directory))
+        model.generation_config = GenerationConfig.for_model(directory, config)
         return model.eval()
 
     def load_checkpoint(self, checkpoint: Checkpoint) -> None:
@@ -160,3 +163,5 @@ class PreTrainedModel(nn.Module):
         self.config.replace(torch_dtype=dtype_name, architectures=[type(self).__name__]).save_pretrained(directory)
         specs = {k: (tuple(v.shape), to_numpy(v.reshape(-1)[:1]).dtype) for k, v in state.items()}
         write_checkpoint(directory, specs, ((k, to_numpy(v)) for k, v in state.items()), max_shard_size)
+        if self.can_generate():
+            self.generation_defaults().save_pretrained(directory)
