@@ -2,5 +2,9 @@
 
 from llama_shared.config import LlamaConfig
 from llama_shared.errors import CheckpointError, ConfigError, GenerationError, LlamaTwinError
+from llama_shared.tokenizer import (AutoTokenizer, BatchEncoding, Llama3Tokenizer, LlamaTokenizer,
+                                    LlamaTokenizerFast, TokenizerError)
 
-__all__ = ["LlamaConfig", "CheckpointError", "ConfigError", "GenerationError", "LlamaTwinError"]
+__all__ = ["LlamaConfig", "AutoTokenizer", "BatchEncoding", "Llama3Tokenizer", "LlamaTokenizer",
+           "LlamaTokenizerFast", "CheckpointError", "ConfigError", "GenerationError", "LlamaTwinError",
+           "TokenizerError"]

@@ -29,9 +29,11 @@ _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16":
 
 def to_torch(array: np.ndarray) -> torch.Tensor:
     """numpy (including ml_dtypes bfloat16) to a torch tensor, sharing memory where possible."""
+    if not array.flags.writeable:  # a memory-mapped checkpoint view: torch needs its own copy
+        array = np.array(array)
     if array.dtype == ml_dtypes.bfloat16:
         return torch.from_numpy(np.ascontiguousarray(array).view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(np.array(array, copy=not array.flags.writeable))
+    return torch.from_numpy(array)
 
 
 def to_numpy(tensor: torch.Tensor) -> np.ndarray:
