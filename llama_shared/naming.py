@@ -194,3 +194,8 @@ def meta_split_dim(key: str, vocab_size: int) -> int | None:
     if module not in META_SPLIT_DIMS:
         raise CheckpointError(f"tensor {key!r} is not a known Meta Llama parameter")
     return META_SPLIT_DIMS[module]
+
+
+def hf_key_order(key: str) -> tuple:
+    """Sort key for Hugging Face names in transformers' order: embeddings, layers numerically, norm, heads."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in key.split("."))
