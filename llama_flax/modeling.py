@@ -18,6 +18,7 @@ import optax
 
 from llama_flax.cache import KVCache
 from llama_flax.loading import FlaxPreTrainedModel
+from llama_flax.parallel import constrain
 from llama_shared import rope
 from llama_shared.config import LlamaConfig
 from llama_shared.heads import IGNORE_INDEX, require_pad_for_batch, sequence_problem_type, token_classifier_dropout
@@ -30,6 +31,9 @@ ACTIVATIONS = {"silu": nn.silu, "swish": nn.silu, "relu": nn.relu,
                "gelu": lambda x: nn.gelu(x, approximate=False),
                "gelu_new": lambda x: nn.gelu(x, approximate=True),
                "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True)}
+# What a decoder layer keeps for the backward pass: everything ("none": no remat), nothing
+# ("full": recompute the layer), or only matmul outputs ("dots_saveable").
+REMAT_POLICIES = {"none": None, "full": None, "dots_saveable": jax.checkpoint_policies.dots_saveable}
 
 
 class LlamaRMSNorm(nn.Module):
@@ -112,7 +116,8 @@ class LlamaAttention(nn.Module):
         q = self.q_proj(x).reshape(batch, seq, c.num_attention_heads, c.head_dim)
         k = self.k_proj(x).reshape(batch, seq, c.num_key_value_heads, c.head_dim)
         v = self.v_proj(x).reshape(batch, seq, c.num_key_value_heads, c.head_dim)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q = constrain(apply_rotary(q, cos, sin), "batch", "length", "heads", "head_dim")
+        k = constrain(apply_rotary(k, cos, sin), "batch", "length", "kv_heads", "head_dim")
         if cache is not None:
             cache = KVCache.update_layer(cache, k, v, cache_position)
             k, v = cache
@@ -135,7 +140,8 @@ class LlamaMLP(nn.Module):
                                                 kernel_init=nn.initializers.normal(c.initializer_range))
         gate = dense(c.intermediate_size, "gate_proj")(x)
         up = dense(c.intermediate_size, "up_proj")(x)
-        return dense(c.hidden_size, "down_proj")(ACTIVATIONS[c.hidden_act](gate) * up)
+        hidden = constrain(ACTIVATIONS[c.hidden_act](gate) * up, "batch", "length", "mlp")
+        return dense(c.hidden_size, "down_proj")(hidden)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -158,20 +164,28 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaLayers(nn.Module):
-    """The decoder layers, named "0", "1", ... under "layers" as in transformers' Flax tree."""
+    """The decoder layers, named "0", "1", ... under "layers" as in transformers' Flax tree, each
+    rematerialised in the backward pass as remat_policy says (a key of REMAT_POLICIES)."""
 
     config: LlamaConfig
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    remat_policy: str = "none"
 
     @nn.compact
     def __call__(self, x: Array, cos: Array, sin: Array, allowed: Array | None, cache: KVCache | None,
                  cache_position: Array | None, output_hidden_states: bool) -> tuple[Array, KVCache | None, list]:
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"remat_policy {self.remat_policy!r}: expected one of {sorted(REMAT_POLICIES)}")
+        layer_class = LlamaDecoderLayer
+        if self.remat_policy != "none":
+            layer_class = nn.remat(LlamaDecoderLayer, policy=REMAT_POLICIES[self.remat_policy])
         hidden_states = []
         for i in range(self.config.num_hidden_layers):
             layer_cache = cache.layer(i) if cache is not None else None
-            x, layer_cache = LlamaDecoderLayer(self.config, self.dtype, self.param_dtype, name=str(i))(
+            x, layer_cache = layer_class(self.config, self.dtype, self.param_dtype, name=str(i))(
                 x, cos, sin, allowed, layer_cache, cache_position)
+            x = constrain(x, "batch", "length", "hidden")
             if cache is not None:
                 cache = cache.replace_layer(i, layer_cache)
             if output_hidden_states:
@@ -185,12 +199,13 @@ class LlamaModule(nn.Module):
     config: LlamaConfig
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    remat_policy: str = "none"
 
     def setup(self) -> None:
         c = self.config
         self.embed_tokens = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
                                      embedding_init=nn.initializers.normal(c.initializer_range))
-        self.layers = LlamaLayers(c, self.dtype, self.param_dtype)
+        self.layers = LlamaLayers(c, self.dtype, self.param_dtype, self.remat_policy)
         self.norm = LlamaRMSNorm(c.rms_norm_eps, self.param_dtype)
         self.rotary_emb = LlamaRotaryEmbedding(c)
 
@@ -201,7 +216,7 @@ class LlamaModule(nn.Module):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids)
+            inputs_embeds = constrain(self.embed_tokens(input_ids), "batch", "length", "hidden")
         batch, seq, _ = inputs_embeds.shape
         if cache_position is None:
             cache_position = jnp.arange(seq)
@@ -245,10 +260,11 @@ class LlamaForCausalLMModule(nn.Module):
     config: LlamaConfig
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    remat_policy: str = "none"
 
     def setup(self) -> None:
         c = self.config
-        self.model = LlamaModule(c, self.dtype, self.param_dtype)
+        self.model = LlamaModule(c, self.dtype, self.param_dtype, self.remat_policy)
         if not c.tie_word_embeddings:
             self.lm_head = nn.Dense(c.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
                                     kernel_init=nn.initializers.normal(c.initializer_range))

@@ -1,0 +1,352 @@
+"""Running the Flax twin across devices and hosts: a (data, fsdp, tensor) mesh, logical-axis rules, sharded
+loading, jit with shardings, and pmap.
+
+Every parameter axis and every activation axis has a logical name ("embed", "heads", "batch", ...);
+LOGICAL_AXIS_RULES maps logical names to mesh axes: FSDP shards parameters along the embedding
+axis, tensor parallelism splits heads, the MLP and the vocabulary, and the batch is split over data
+and fsdp. A mesh axis that does not divide a dimension is dropped for that dimension (it stays
+replicated), so one rule table serves every model size, e.g. two kv heads on four tensor shards.
+
+Meshes are built with AxisType.Auto axes (jax.make_mesh defaults to Explicit since jax 0.9, which
+Linen's sharding-propagation style does not use) and entered with jax.set_mesh, never `with mesh:`.
+
+pmap, as of jax 0.9 and newer: jax.pmap is jit(shard_map) underneath and in maintenance mode. The
+mapped function still sees per-device arrays without the device axis, but the result is a single
+jax.Array sharded over a one-axis mesh whose shards keep a leading axis of 1
+(`out.addressable_shards[0].data.shape == (1, ...)`: "no rank reduction"); device_put_replicated
+and PmapSharding are gone (0.10). Arguments mapped with in_axes=None are broadcast, which is how
+params and the train state travel here. jit with NamedSharding is the main path; pmap is the
+data-parallel convenience, tested equal to it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from llama_flax.loading import HEAD_MODULES, MSGPACK_FILE, FlaxPreTrainedModel, resolve_dtype
+from llama_shared.checkpoint import INDEX_FILE, SINGLE_FILE, Checkpoint, resolve_model_dir
+from llama_shared.config import LlamaConfig
+from llama_shared.errors import CheckpointError
+from llama_shared.naming import check_shape, checkpoint_key_map, flatten_tree, hf_key, unflatten_tree
+
+MESH_AXES = ("data", "fsdp", "tensor")
+DATA_AXIS_NAME = "data"  # the pmap axis
+
+# logical axis -> mesh axes (MaxText's style; "hidden" is the model dimension of activations and
+# of vectors such as norm weights, kept whole).
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("length", None),
+    ("head_dim", None),
+    ("hidden", None),
+    ("labels", None),
+)
+
+# Parameter path (transformers' Flax path joined with "/") -> logical axes; the first match wins.
+PARAM_LOGICAL_AXES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (r"embed_tokens/embedding", ("vocab", "embed")),
+    (r"self_attn/q_proj/kernel", ("embed", "heads")),
+    (r"self_attn/[kv]_proj/kernel", ("embed", "kv_heads")),
+    (r"self_attn/q_proj/bias", ("heads",)),
+    (r"self_attn/[kv]_proj/bias", ("kv_heads",)),
+    (r"self_attn/o_proj/kernel", ("heads", "embed")),
+    (r"mlp/(gate|up)_proj/kernel", ("embed", "mlp")),
+    (r"mlp/(gate|up)_proj/bias", ("mlp",)),
+    (r"mlp/down_proj/kernel", ("mlp", "embed")),
+    (r"(o_proj|down_proj)/bias", ("hidden",)),
+    (r"(input_layernorm|post_attention_layernorm|norm)/weight", ("hidden",)),
+    (r"lm_head/kernel", ("embed", "vocab")),
+    (r"(score|qa_outputs)/kernel", ("embed", "labels")),
+    (r"(score|qa_outputs)/bias", ("labels",)),
+)
+_PARAM_PATTERNS = tuple((re.compile(rf"(^|/){pattern}$"), axes) for pattern, axes in PARAM_LOGICAL_AXES)
+_RULES = dict(LOGICAL_AXIS_RULES)
+
+
+# ------------------------------------------------------------------------------------------------
+# Mesh and specs
+
+
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: list | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over all devices (of every host); one size may be -1: the rest."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = [data, fsdp, tensor]
+    if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+        raise ValueError(f"mesh sizes (data, fsdp, tensor) = {tuple(sizes)}: each must be positive, one may be -1")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ValueError(f"{len(devices)} devices cannot fill a mesh of {tuple(sizes)}")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if math.prod(sizes) != len(devices):
+        raise ValueError(f"mesh (data, fsdp, tensor) = {tuple(sizes)} needs {math.prod(sizes)} devices, "
+                         f"there are {len(devices)}")
+    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def param_logical_axes(path: tuple[str, ...] | str) -> tuple[str, ...]:
+    """Logical axes of a parameter, by its Flax path."""
+    name = path if isinstance(path, str) else "/".join(path)
+    for pattern, axes in _PARAM_PATTERNS:
+        if pattern.search(name):
+            return axes
+    raise ValueError(f"parameter {name!r} has no entry in llama_flax.parallel.PARAM_LOGICAL_AXES")
+
+
+def fit_spec(logical_axes: tuple[str | None, ...], shape: tuple[int, ...], axis_sizes: Mapping[str, int]) -> P:
+    """The mesh PartitionSpec for logical axes, keeping per dimension only mesh axes that divide it."""
+    if len(logical_axes) != len(shape):
+        raise ValueError(f"logical axes {logical_axes} do not match an array of shape {tuple(shape)}")
+    spec = []
+    for name, size in zip(logical_axes, shape):
+        wanted = _RULES[name] if name is not None else None
+        wanted = (wanted,) if isinstance(wanted, str) else (wanted or ())
+        kept, product = [], 1
+        for axis in wanted:
+            if axis in axis_sizes and size % (product * axis_sizes[axis]) == 0:
+                kept.append(axis)
+                product *= axis_sizes[axis]
+        spec.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+    return P(*spec)
+
+
+def param_specs(params: Any, mesh: Mesh) -> Any:
+    """PartitionSpecs for a param tree (arrays or ShapeDtypeStructs), same structure."""
+    flat = flatten_tree(params)
+    return unflatten_tree({path: fit_spec(param_logical_axes(path), leaf.shape, mesh.shape)
+                           for path, leaf in flat.items()})
+
+
+def param_shardings(params: Any, mesh: Mesh) -> Any:
+    """NamedShardings for a param tree, same structure."""
+    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(params, mesh),
+                        is_leaf=lambda x: isinstance(x, P))
+
+
+def shard_params(params: Any, mesh: Mesh) -> Any:
+    """Place params already in memory onto the mesh (for random init; loading uses from_pretrained_sharded)."""
+    return jax.device_put(params, param_shardings(params, mesh))
+
+
+def batch_sharding(mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:
+    """Batch-first arrays (input_ids, masks, labels, logits) split over data and fsdp."""
+    return NamedSharding(mesh, fit_spec(("batch",) + (None,) * (len(shape) - 1), shape, mesh.shape))
+
+
+def shard_batch(mesh: Mesh, array: Any) -> jax.Array:
+    """A host batch as a global array split over data and fsdp (each host passes the same global batch)."""
+    sharding = batch_sharding(mesh, np.shape(array))
+    if isinstance(array, jax.Array) and array.sharding == sharding:
+        return array
+    array = np.asarray(array)
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def tree_shardings(tree: Any, params_sharding: Any, mesh: Mesh) -> Any:
+    """Shardings for a tree holding params somewhere inside (a train state, an optimizer state).
+
+    A leaf whose key path ends with a parameter's path (Adam's mu and nu, the params themselves)
+    takes that parameter's sharding; every other leaf (step counters, scalars) is replicated.
+    """
+    by_path = flatten_tree(params_sharding)
+    replicated = NamedSharding(mesh, P())
+
+    def pick(key_path: tuple, leaf: Any) -> NamedSharding:
+        names = tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in key_path)
+        for start in range(len(names)):
+            if names[start:] in by_path:
+                return by_path[names[start:]]
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+def constrain(x: jax.Array, *logical_axes: str | None) -> jax.Array:
+    """with_sharding_constraint by logical axes under a (data, fsdp, tensor) mesh set with jax.set_mesh.
+
+    A no-op off-mesh, inside pmap, and on meshes without these axes, so the model runs anywhere.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    types = dict(zip(mesh.axis_names, mesh.axis_types))
+    if any(types.get(axis) != AxisType.Auto for axis in MESH_AXES):
+        return x
+    return jax.lax.with_sharding_constraint(x, fit_spec(logical_axes, x.shape, dict(mesh.shape)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Sharded loading
+
+
+def from_pretrained_sharded(model_class: type[FlaxPreTrainedModel], path_or_repo_id: str | os.PathLike, mesh: Mesh,
+                            dtype: Any = None, param_dtype: Any = None, config: LlamaConfig | None = None,
+                            **config_overrides: Any) -> FlaxPreTrainedModel:
+    """model_class.from_pretrained with every tensor read straight onto its shards.
+
+    Each device's block is sliced from the memory-mapped safetensors file and converted on the
+    host, so no device (and no host) ever holds a full copy; on several hosts each reads only the
+    blocks of its own devices. Old flax_model.msgpack folders cannot be read by block: they load
+    whole and are then sharded.
+    """
+    directory = resolve_model_dir(path_or_repo_id)
+    if not any(os.path.exists(os.path.join(directory, f)) for f in (SINGLE_FILE, INDEX_FILE)):
+        if os.path.exists(os.path.join(directory, MSGPACK_FILE)):
+            model = model_class.from_pretrained(directory, dtype, param_dtype, config, **config_overrides)
+            model.params = shard_params(model.params, mesh)
+            return model
+    config = config or LlamaConfig.from_pretrained(directory, **config_overrides)
+    dtype = resolve_dtype(dtype, config)
+    model = model_class.__new__(model_class)
+    model.config, model.dtype, model.param_dtype = config, dtype, param_dtype or dtype
+    model.module = model_class.module_class(config, dtype, model.param_dtype)
+    model.params = _sharded_params(model, Checkpoint(directory), mesh)
+    return model
+
+
+def _sharded_params(model: FlaxPreTrainedModel, checkpoint: Checkpoint, mesh: Mesh) -> Any:
+    shapes = model.param_shapes()
+    shardings = flatten_tree(param_shardings(unflatten_tree(shapes), mesh))
+    names = {path: hf_key(path) for path in shapes}
+    key_map = checkpoint_key_map([name for name, _ in names.values()], checkpoint.keys(), model.base_prefix)
+    target = np.dtype(model.param_dtype)
+    flat, fresh = {}, []
+    for path, spec in shapes.items():
+        name, transposed = names[path]
+        source = key_map[name]
+        if source is None:
+            if path[0] not in HEAD_MODULES:
+                raise CheckpointError(f"tensor {name!r} is missing from the checkpoint at {checkpoint.directory}")
+            fresh.append(name)
+            flat[path] = jax.device_put(model._fresh_head_param(path, spec), shardings[path])
+            continue
+        expected = tuple(reversed(spec.shape)) if transposed else spec.shape
+        check_shape(source, checkpoint.shape(source), expected, checkpoint.directory)
+        flat[path] = jax.make_array_from_callback(spec.shape, shardings[path],
+                                                  _block_reader(checkpoint.get(source), transposed, target))
+    if fresh:
+        warnings.warn(f"{', '.join(fresh)} not in the checkpoint: newly initialised, train before use", stacklevel=3)
+    return unflatten_tree(flat)
+
+
+def _block_reader(stored: np.ndarray, transposed: bool, dtype: np.dtype) -> Callable[[tuple], np.ndarray]:
+    """index (of the Flax-layout array) -> that block, read from the memory-mapped stored tensor."""
+    def read(index: tuple) -> np.ndarray:
+        if transposed:
+            return np.ascontiguousarray(stored[tuple(reversed(index))].T, dtype=dtype)
+        return np.ascontiguousarray(stored[index], dtype=dtype)
+    return read
+
+
+# ------------------------------------------------------------------------------------------------
+# jit with shardings, and pmap
+
+
+def jit_forward(model: FlaxPreTrainedModel, mesh: Mesh) -> Callable[..., jax.Array]:
+    """(params, input_ids, attention_mask=None) -> logits, jitted on the mesh: the batch over data and
+    fsdp, params as param_shardings places them, the logits' vocabulary over tensor."""
+    shardings = param_shardings(model.params, mesh)
+
+    def forward(params: Any, input_ids: jax.Array, attention_mask: jax.Array | None) -> jax.Array:
+        return model.module.apply({"params": params}, input_ids, attention_mask).logits
+
+    def compile_for(shape: tuple[int, ...], masked: bool) -> Callable:
+        ids = batch_sharding(mesh, shape)
+        logits = NamedSharding(mesh, fit_spec(("batch", "length", "vocab"), (*shape, model.config.vocab_size),
+                                              mesh.shape))
+        return jax.jit(forward, in_shardings=(shardings, ids, ids if masked else None), out_shardings=logits)
+
+    compiled: dict[tuple, Callable] = {}
+
+    def call(params: Any, input_ids: Any, attention_mask: Any = None) -> jax.Array:
+        key = (np.shape(input_ids), attention_mask is not None)
+        if key not in compiled:
+            compiled[key] = compile_for(*key)
+        if attention_mask is not None:
+            attention_mask = shard_batch(mesh, attention_mask)
+        with jax.set_mesh(mesh):
+            return compiled[key](params, shard_batch(mesh, input_ids), attention_mask)
+
+    return call
+
+
+def jit_train_step(step: Callable, mesh: Mesh, state_shardings: Any) -> Callable:
+    """step(state, batch) -> (state, metrics) jitted on the mesh; the state is donated and keeps its
+    shardings, the batch (a dict of batch-first arrays) is split over data and fsdp."""
+    replicated = NamedSharding(mesh, P())
+    compiled: dict[tuple, Callable] = {}
+
+    def call(state: Any, batch: Mapping[str, Any]) -> tuple[Any, dict]:
+        key = tuple(sorted((name, np.shape(value)) for name, value in batch.items()))
+        if key not in compiled:
+            batch_shardings = {name: batch_sharding(mesh, shape) for name, shape in key}
+            compiled[key] = jax.jit(step, in_shardings=(state_shardings, batch_shardings),
+                                    out_shardings=(state_shardings, replicated), donate_argnums=0)
+        with jax.set_mesh(mesh):
+            return compiled[key](state, {name: shard_batch(mesh, value) for name, value in batch.items()})
+
+    return call
+
+
+def pmap_forward(model: FlaxPreTrainedModel) -> Callable[..., jax.Array]:
+    """(params, input_ids (devices, batch, seq), attention_mask=None) -> logits (devices, batch, seq, vocab).
+
+    Data parallel with pmap: params are broadcast (in_axes=None), each device runs its slice.
+    """
+    def forward(params: Any, input_ids: jax.Array, attention_mask: jax.Array | None) -> jax.Array:
+        return model.module.apply({"params": params}, input_ids, attention_mask).logits
+
+    return jax.pmap(forward, axis_name=DATA_AXIS_NAME, in_axes=(None, 0, 0))
+
+
+def pmap_train_step(step: Callable) -> Callable:
+    """step(state, batch) -> (state, metrics) under pmap; build step with axis_name=DATA_AXIS_NAME so
+    gradients are summed over devices. The state is broadcast in and comes out identical on every
+    device (out_axes=None); each batch array is (devices, per-device batch, ...)."""
+    return jax.pmap(step, axis_name=DATA_AXIS_NAME, in_axes=(None, 0), out_axes=(None, None))
+
+
+def split_for_pmap(array: Any, devices: int) -> np.ndarray:
+    """(batch, ...) -> (devices, batch / devices, ...): the pmap layout of a global batch."""
+    array = np.asarray(array)
+    if array.shape[0] % devices:
+        raise ValueError(f"a batch of {array.shape[0]} rows does not split over {devices} devices")
+    return array.reshape(devices, array.shape[0] // devices, *array.shape[1:])
+
+
+# ------------------------------------------------------------------------------------------------
+# Multi-host
+
+
+def initialize_distributed() -> int:
+    """Start jax.distributed for a multi-host job and return the number of processes.
+
+    With JAX_COORDINATOR_ADDRESS set (host:port of process 0), JAX_NUM_PROCESSES and
+    JAX_PROCESS_ID give the job's size and this process's rank; without it jax detects the
+    cluster itself (Cloud TPU pods, SLURM, Open MPI, Kubernetes). Call it before anything else
+    touches jax's devices.
+    """
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        missing = [name for name in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if not os.environ.get(name)]
+        if missing:
+            raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {' and '.join(missing)} is not")
+        jax.distributed.initialize(num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                                   process_id=int(os.environ["JAX_PROCESS_ID"]))
+    else:
+        jax.distributed.initialize()
+    return jax.process_count()
