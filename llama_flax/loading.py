@@ -18,10 +18,12 @@ import ml_dtypes
 import numpy as np
 from flax import serialization
 
+from llama_flax.generation import GenerationMixin
 from llama_shared.checkpoint import (DEFAULT_SHARD_SIZE, INDEX_FILE, SINGLE_FILE, Checkpoint, resolve_model_dir,
                                      write_checkpoint)
 from llama_shared.config import LlamaConfig
 from llama_shared.errors import CheckpointError
+from llama_shared.generation import GenerationConfig
 from llama_shared.naming import check_shape, checkpoint_key_map, flatten_tree, hf_key, unflatten_tree
 
 HEAD_MODULES = ("score", "qa_outputs")
@@ -47,7 +49,7 @@ def _apply(module: Any, params: Any, arrays: dict[str, Any], static: tuple[tuple
     return module.apply({"params": params}, **arrays, **dict(static))
 
 
-class FlaxPreTrainedModel:
+class FlaxPreTrainedModel(GenerationMixin):
     """A Linen module with its params: jitted calls, random init, Hugging Face folder I/O."""
 
     module_class: type = None  # set by each model class
@@ -119,6 +121,7 @@ class FlaxPreTrainedModel:
             model.params = model._params_from_msgpack(os.path.join(directory, MSGPACK_FILE))
         else:
             model.params = model._params_from_checkpoint(Checkpoint(directory))
+        model.generation_config = GenerationConfig.for_model(directory, config)
         return model
 
     def _params_from_checkpoint(self, checkpoint: Checkpoint) -> Any:
@@ -178,6 +181,8 @@ class FlaxPreTrainedModel:
                         np.dtype(flat[path].dtype)) for name, transposed, path in entries}
         tensors = ((name, _host(flat[path], transposed)) for name, transposed, path in entries)
         write_checkpoint(directory, specs, tensors, max_shard_size)
+        if self.can_generate():
+            self.generation_defaults().save_pretrained(directory)
 
 
 def _host(array: jax.Array, transposed: bool) -> np.ndarray:
