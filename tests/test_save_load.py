@@ -191,3 +191,19 @@ def test_not_a_model_folder(tmp_path):
     with pytest.raises(CheckpointError, match="no model.safetensors"):
         FlaxLlamaForCausalLM.from_pretrained(tmp_path)
     assert jax.devices()  # the Flax backend stayed usable
+
+
+def test_hub_repo_id_resolves_from_the_cache_offline(hf_checkpoint, tmp_path, monkeypatch):
+    """A repo id loads from huggingface_hub's cache layout with HF_HUB_OFFLINE (no network)."""
+    import huggingface_hub.constants as hub
+
+    snapshot = tmp_path / "models--acme--tiny-llama" / "snapshots" / ("0" * 40)
+    shutil.copytree(hf_checkpoint(), snapshot)
+    (tmp_path / "models--acme--tiny-llama" / "refs").mkdir()
+    (tmp_path / "models--acme--tiny-llama" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    model = LlamaForCausalLM.from_pretrained("acme/tiny-llama")
+    np.testing.assert_array_equal(model.model.norm.weight.detach().numpy(), hf_state(snapshot)["model.norm.weight"])
+    with pytest.raises(CheckpointError, match="acme/absent"):
+        LlamaForCausalLM.from_pretrained("acme/absent")
