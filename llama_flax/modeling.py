@@ -19,6 +19,7 @@ import optax
 from llama_flax.cache import KVCache
 from llama_flax.loading import FlaxPreTrainedModel
 from llama_flax.parallel import constrain
+from llama_flax.quantization import linear
 from llama_shared import rope
 from llama_shared.config import LlamaConfig
 from llama_shared.heads import IGNORE_INDEX, require_pad_for_batch, sequence_problem_type, token_classifier_dropout
@@ -100,13 +101,12 @@ class LlamaAttention(nn.Module):
 
     def setup(self) -> None:
         c = self.config
-        dense = lambda features: nn.Dense(features, use_bias=c.attention_bias, dtype=self.dtype,  # noqa: E731
-                                          param_dtype=self.param_dtype,
-                                          kernel_init=nn.initializers.normal(c.initializer_range))
-        self.q_proj = dense(c.num_attention_heads * c.head_dim)
-        self.k_proj = dense(c.num_key_value_heads * c.head_dim)
-        self.v_proj = dense(c.num_key_value_heads * c.head_dim)
-        self.o_proj = dense(c.hidden_size)
+        dense = lambda name, features: linear(c, name, features, c.attention_bias, self.dtype,  # noqa: E731
+                                              self.param_dtype)
+        self.q_proj = dense("q_proj", c.num_attention_heads * c.head_dim)
+        self.k_proj = dense("k_proj", c.num_key_value_heads * c.head_dim)
+        self.v_proj = dense("v_proj", c.num_key_value_heads * c.head_dim)
+        self.o_proj = dense("o_proj", c.hidden_size)
 
     def __call__(self, x: Array, cos: Array, sin: Array, allowed: Array | None,
                  cache: tuple[Array, Array] | None = None,
@@ -135,9 +135,7 @@ class LlamaMLP(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         c = self.config
-        dense = lambda features, name: nn.Dense(features, use_bias=c.mlp_bias, dtype=self.dtype,  # noqa: E731
-                                                param_dtype=self.param_dtype, name=name,
-                                                kernel_init=nn.initializers.normal(c.initializer_range))
+        dense = lambda features, name: linear(c, name, features, c.mlp_bias, self.dtype, self.param_dtype)  # noqa: E731
         gate = dense(c.intermediate_size, "gate_proj")(x)
         up = dense(c.intermediate_size, "up_proj")(x)
         hidden = constrain(ACTIVATIONS[c.hidden_act](gate) * up, "batch", "length", "mlp")
@@ -266,8 +264,7 @@ class LlamaForCausalLMModule(nn.Module):
         c = self.config
         self.model = LlamaModule(c, self.dtype, self.param_dtype, self.remat_policy)
         if not c.tie_word_embeddings:
-            self.lm_head = nn.Dense(c.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-                                    kernel_init=nn.initializers.normal(c.initializer_range))
+            self.lm_head = linear(c, "lm_head", c.vocab_size, False, self.dtype, self.param_dtype)
 
     def __call__(self, input_ids: Array | None = None, attention_mask: Array | None = None,
                  position_ids: Array | None = None, past_key_values: KVCache | None = None,
