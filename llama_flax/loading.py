@@ -140,7 +140,7 @@ class FlaxPreTrainedModel(GenerationMixin):
                 raise CheckpointError(f"tensor {name!r} is missing from the checkpoint at {checkpoint.directory}")
             expected = tuple(reversed(spec.shape)) if transposed else spec.shape
             check_shape(source, checkpoint.shape(source), expected, checkpoint.directory)
-            array = checkpoint.get(source)
+            array = checkpoint.read(source)
             flat[path] = jnp.asarray(array.T if transposed else array, dtype=self.param_dtype)
         if fresh:
             warnings.warn(f"{', '.join(fresh)} not in the checkpoint: newly initialised, train before use",

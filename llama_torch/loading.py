@@ -146,7 +146,7 @@ class PreTrainedModel(GenerationMixin, nn.Module):
                 raise CheckpointError(f"tensor {name!r} is missing from the checkpoint at {checkpoint.directory}")
             check_shape(source, checkpoint.shape(source), tuple(params[name].shape), checkpoint.directory)
             with torch.no_grad():
-                params[name].copy_(to_torch(checkpoint.get(source)))
+                params[name].copy_(to_torch(checkpoint.read(source)))
         if fresh_heads:
             with torch.no_grad():
                 for name in fresh_heads:
