@@ -23,7 +23,7 @@ from llama_flax.quantization import linear
 from llama_shared import rope
 from llama_shared.config import LlamaConfig
 from llama_shared.heads import IGNORE_INDEX, require_pad_for_batch, sequence_problem_type, token_classifier_dropout
-from llama_shared.masks import attention_allowed, custom_mask_allowed, query_has_keys
+from llama_shared.masks import model_attention_allowed, query_has_keys
 from llama_shared.outputs import (BaseModelOutput, CausalLMOutput, QuestionAnsweringOutput,
                                   SequenceClassifierOutput, TokenClassifierOutput)
 
@@ -220,7 +220,8 @@ class LlamaModule(nn.Module):
             cache_position = jnp.arange(seq)
         if position_ids is None:
             position_ids = jnp.broadcast_to(cache_position[None], (batch, seq))
-        allowed = self._allowed(attention_mask, cache_position, past_key_values, batch, seq)
+        keys = past_key_values.max_length if past_key_values is not None else seq
+        allowed = model_attention_allowed(attention_mask, cache_position, jnp.arange(keys), past_key_values is not None)
         cos, sin = self.rotary_emb(position_ids, inputs_embeds.dtype)
 
         x, past_key_values, layer_states = self.layers(inputs_embeds, cos, sin, allowed, past_key_values,
@@ -234,22 +235,6 @@ class LlamaModule(nn.Module):
     def attend(self, x: Array) -> Array:
         """Logits through the (tied) embedding matrix."""
         return self.embed_tokens.attend(x)
-
-    @staticmethod
-    def _allowed(attention_mask: Array | None, cache_position: Array, cache: KVCache | None,
-                 batch: int, seq: int) -> Array | None:
-        if attention_mask is not None and attention_mask.ndim == 4:
-            return custom_mask_allowed(attention_mask)
-        keys = cache.max_length if cache is not None else seq
-        if attention_mask is None:
-            if cache is None:
-                return None
-            key_valid = jnp.ones((batch, keys), dtype=bool)
-        else:
-            key_valid = attention_mask.astype(bool)
-            if key_valid.shape[1] < keys:
-                key_valid = jnp.pad(key_valid, ((0, 0), (0, keys - key_valid.shape[1])), constant_values=True)
-        return attention_allowed(cache_position, jnp.arange(keys), key_valid)
 
 
 class LlamaForCausalLMModule(nn.Module):

@@ -16,7 +16,7 @@ from torch import nn
 from llama_shared import rope
 from llama_shared.config import LlamaConfig
 from llama_shared.heads import IGNORE_INDEX, require_pad_for_batch, sequence_problem_type, token_classifier_dropout
-from llama_shared.masks import attention_allowed, custom_mask_allowed, query_has_keys
+from llama_shared.masks import model_attention_allowed, query_has_keys
 from llama_shared.outputs import (BaseModelOutput, CausalLMOutput, QuestionAnsweringOutput,
                                   SequenceClassifierOutput, TokenClassifierOutput)
 from llama_torch.cache import KVCache
@@ -186,7 +186,9 @@ class LlamaModel(PreTrainedModel):
             cache_position = torch.arange(seq, device=device)
         if position_ids is None:
             position_ids = cache_position[None].expand(batch, seq)
-        allowed = self._allowed(attention_mask, cache_position, past_key_values, batch, seq, device)
+        keys = past_key_values.max_length if past_key_values is not None else seq
+        allowed = model_attention_allowed(attention_mask, cache_position, torch.arange(keys, device=device),
+                                          past_key_values is not None)
         cos, sin = self.rotary_emb(position_ids, inputs_embeds.dtype)
 
         x = inputs_embeds
@@ -199,22 +201,6 @@ class LlamaModel(PreTrainedModel):
         if output_hidden_states:
             hidden_states[-1] = x
         return BaseModelOutput(x, tuple(hidden_states) if output_hidden_states else None, past_key_values)
-
-    @staticmethod
-    def _allowed(attention_mask: torch.Tensor | None, cache_position: torch.Tensor, cache: KVCache | None,
-                 batch: int, seq: int, device: torch.device) -> torch.Tensor | None:
-        if attention_mask is not None and attention_mask.ndim == 4:
-            return custom_mask_allowed(attention_mask)
-        keys = cache.max_length if cache is not None else seq
-        if attention_mask is None:
-            if cache is None:
-                return None
-            key_valid = torch.ones(batch, keys, dtype=torch.bool, device=device)
-        else:
-            key_valid = attention_mask.bool()
-            if key_valid.shape[1] < keys:
-                key_valid = F.pad(key_valid, (0, keys - key_valid.shape[1]), value=True)
-        return attention_allowed(cache_position, torch.arange(keys, device=device), key_valid)
 
 
 class LlamaForCausalLM(PreTrainedModel):
