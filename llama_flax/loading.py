@@ -19,12 +19,14 @@ import numpy as np
 from flax import serialization
 
 from llama_flax.generation import GenerationMixin
+from llama_flax.quantization import quantize
 from llama_shared.checkpoint import (DEFAULT_SHARD_SIZE, INDEX_FILE, SINGLE_FILE, Checkpoint, resolve_model_dir,
                                      write_checkpoint)
 from llama_shared.config import LlamaConfig
 from llama_shared.errors import CheckpointError
 from llama_shared.generation import GenerationConfig
 from llama_shared.naming import check_shape, checkpoint_key_map, flatten_tree, hf_key, unflatten_tree
+from llama_shared.quantization import QuantizationConfig, checkpoint_metadata, open_for_loading
 
 HEAD_MODULES = ("score", "qa_outputs")
 MSGPACK_FILE = "flax_model.msgpack"
@@ -104,23 +106,32 @@ class FlaxPreTrainedModel(GenerationMixin):
 
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, dtype: Any = None, param_dtype: Any = None,
-                        config: LlamaConfig | None = None, **config_overrides: Any) -> "FlaxPreTrainedModel":
+                        config: LlamaConfig | None = None, quantization: str | QuantizationConfig | None = None,
+                        group_size: int | None = None, **config_overrides: Any) -> "FlaxPreTrainedModel":
         """Load a Hugging Face folder (config.json + safetensors, or flax_model.msgpack) or hub repo id.
 
         dtype is the compute dtype and, unless param_dtype says otherwise, the params' dtype.
+        quantization "int8" or "int4" (group_size 32, 64 or 128; default 128) quantizes the linear
+        layers tensor by tensor as they load; a quantized checkpoint loads as it was saved.
         """
         directory = resolve_model_dir(path_or_repo_id)
         if config is None:
             config = LlamaConfig.from_pretrained(directory, **config_overrides)
         dtype = resolve_dtype(dtype, config)
+        has_safetensors = any(os.path.exists(os.path.join(directory, f)) for f in (SINGLE_FILE, INDEX_FILE))
+        from_msgpack = not has_safetensors and os.path.exists(os.path.join(directory, MSGPACK_FILE))
+        if not from_msgpack:
+            config, checkpoint = open_for_loading(Checkpoint(directory), config, quantization, group_size,
+                                                  np.dtype(param_dtype or dtype))
         model = cls.__new__(cls)
         model.config, model.dtype, model.param_dtype = config, dtype, param_dtype or dtype
         model.module = cls.module_class(config, dtype, model.param_dtype)
-        has_safetensors = any(os.path.exists(os.path.join(directory, f)) for f in (SINGLE_FILE, INDEX_FILE))
-        if not has_safetensors and os.path.exists(os.path.join(directory, MSGPACK_FILE)):
+        if from_msgpack:
             model.params = model._params_from_msgpack(os.path.join(directory, MSGPACK_FILE))
+            if quantization is not None:
+                quantize(model, quantization, group_size)
         else:
-            model.params = model._params_from_checkpoint(Checkpoint(directory))
+            model.params = model._params_from_checkpoint(checkpoint)
         model.generation_config = GenerationConfig.for_model(directory, config)
         return model
 
@@ -141,7 +152,7 @@ class FlaxPreTrainedModel(GenerationMixin):
             expected = tuple(reversed(spec.shape)) if transposed else spec.shape
             check_shape(source, checkpoint.shape(source), expected, checkpoint.directory)
             array = checkpoint.read(source)
-            flat[path] = jnp.asarray(array.T if transposed else array, dtype=self.param_dtype)
+            flat[path] = jnp.asarray(array.T if transposed else array, dtype=spec.dtype)
         if fresh:
             warnings.warn(f"{', '.join(fresh)} not in the checkpoint: newly initialised, train before use",
                           stacklevel=3)
@@ -172,7 +183,8 @@ class FlaxPreTrainedModel(GenerationMixin):
         """Write config.json and safetensors that transformers (and the torch twin) load unchanged."""
         os.makedirs(directory, exist_ok=True)
         flat = flatten_tree(self.params)
-        dtype = np.dtype(jax.tree_util.tree_leaves(self.params)[0].dtype)
+        dtype = next(np.dtype(leaf.dtype) for leaf in jax.tree_util.tree_leaves(self.params)
+                     if jnp.issubdtype(leaf.dtype, jnp.floating))
         dtype_name = "bfloat16" if dtype == ml_dtypes.bfloat16 else dtype.name
         torch_name = type(self).__name__.removeprefix("Flax")
         self.config.replace(torch_dtype=dtype_name, architectures=[torch_name]).save_pretrained(directory)
@@ -180,7 +192,7 @@ class FlaxPreTrainedModel(GenerationMixin):
         specs = {name: ((tuple(reversed(flat[path].shape)) if transposed else tuple(flat[path].shape)),
                         np.dtype(flat[path].dtype)) for name, transposed, path in entries}
         tensors = ((name, _host(flat[path], transposed)) for name, transposed, path in entries)
-        write_checkpoint(directory, specs, tensors, max_shard_size)
+        write_checkpoint(directory, specs, tensors, max_shard_size, checkpoint_metadata(self.config))
         if self.can_generate():
             self.generation_defaults().save_pretrained(directory)
 

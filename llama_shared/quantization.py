@@ -333,12 +333,16 @@ class QuantizingCheckpoint:
         source, leaf = self._sources[key]
         return self._specs(source)[leaf][1]
 
+    def read(self, key: str) -> np.ndarray:
+        """A copy of the tensor (a quantized one is always a fresh array)."""
+        return self.checkpoint.read(key) if key not in self._sources else self.get(key)
+
     def get(self, key: str) -> np.ndarray:
         if key not in self._sources:
             return self.checkpoint.get(key)
         source, leaf = self._sources[key]
         if self._cached is None or self._cached[0] != source:
-            self._cached = (source, quantize(self.checkpoint.get(source), self.quantization, self.scale_dtype,
+            self._cached = (source, quantize(self.checkpoint.read(source), self.quantization, self.scale_dtype,
                                              f"tensor {source!r} in {self.directory}"))
         return self._cached[1][leaf]
 

@@ -20,6 +20,7 @@ from llama_shared.config import LlamaConfig
 from llama_shared.errors import CheckpointError
 from llama_shared.generation import GenerationConfig
 from llama_shared.naming import check_shape, checkpoint_key_map
+from llama_shared.quantization import QuantizationConfig, checkpoint_metadata, config_quantization, open_for_loading
 from llama_torch.generation import GenerationMixin
 
 HEAD_MODULES = ("score", "qa_outputs")
@@ -116,23 +117,34 @@ class PreTrainedModel(GenerationMixin, nn.Module):
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, dtype: torch.dtype | str | None = None,
                         device: torch.device | str = "cpu", config: LlamaConfig | None = None,
+                        quantization: str | QuantizationConfig | None = None, group_size: int | None = None,
                         **config_overrides: Any) -> "PreTrainedModel":
-        """Load a Hugging Face folder (config.json + safetensors) or hub repo id."""
+        """Load a Hugging Face folder (config.json + safetensors) or hub repo id.
+
+        quantization "int8" or "int4" (group_size 32, 64 or 128; default 128) quantizes the linear
+        layers tensor by tensor as they load; a quantized checkpoint loads as it was saved.
+        """
+        from llama_torch.quantization import replace_linears  # it imports this module
+
         directory = resolve_model_dir(path_or_repo_id)
         if config is None:
             config = LlamaConfig.from_pretrained(directory, **config_overrides)
         target = resolve_dtype(dtype, config)
+        scale_dtype = to_numpy(torch.empty(0, dtype=target)).dtype
+        config, checkpoint = open_for_loading(Checkpoint(directory), config, quantization, group_size, scale_dtype)
         with torch.device("meta"):
             model = cls(config)
+        if config_quantization(config) is not None:
+            replace_linears(model, config_quantization(config))
         model = model.to(target).to_empty(device=device)
         model.tie_weights()
-        model.load_checkpoint(Checkpoint(directory))
+        model.load_checkpoint(checkpoint)
         model.generation_config = GenerationConfig.for_model(directory, config)
         return model.eval()
 
     def load_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Copy every tensor the model expects from the checkpoint, checking names and shapes."""
-        params = dict(self.named_parameters(remove_duplicate=False))
+        params = self.state_dict(keep_vars=True)
         tied = {"lm_head.weight"} if self.config.tie_word_embeddings else set()
         wanted = [k for k in params if k not in tied]
         key_map = checkpoint_key_map(wanted, checkpoint.keys(), self.base_prefix)
@@ -164,6 +176,7 @@ class PreTrainedModel(GenerationMixin, nn.Module):
         dtype_name = str(self.dtype).removeprefix("torch.")
         self.config.replace(torch_dtype=dtype_name, architectures=[type(self).__name__]).save_pretrained(directory)
         specs = {k: (tuple(v.shape), to_numpy(v.reshape(-1)[:1]).dtype) for k, v in state.items()}
-        write_checkpoint(directory, specs, ((k, to_numpy(v)) for k, v in state.items()), max_shard_size)
+        write_checkpoint(directory, specs, ((k, to_numpy(v)) for k, v in state.items()), max_shard_size,
+                         checkpoint_metadata(self.config))
         if self.can_generate():
             self.generation_defaults().save_pretrained(directory)
