@@ -185,6 +185,7 @@ def meta_source(path: str | os.PathLike) -> TensorSource:
     first = checkpoint.shapes[0]
     if "tok_embeddings.weight" not in first:
         raise CheckpointError(f"{checkpoint.paths[0]} has no tensor 'tok_embeddings.weight'")
+    _check_file_count(checkpoint)
     embedding_dim = _embedding_split_dim(checkpoint)
     merged = {k: _merged_shape(checkpoint, k, embedding_dim) for k in first}
     vocab_size = merged["tok_embeddings.weight"][0]
@@ -229,6 +230,19 @@ def expected_meta_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _check_file_count(checkpoint: MetaCheckpoint) -> None:
+    """The number of files must be the one the query heads are split over (whole heads per file)."""
+    params, key = checkpoint.params, "layers.0.attention.wq.weight"
+    if key not in checkpoint.shapes[0] or not params.get("n_heads") or not params.get("dim"):
+        return
+    rows = checkpoint.shapes[0][key][0][0]
+    total = params["dim"] // params["n_heads"] * params["n_heads"]
+    if rows and total % rows == 0 and total // rows != len(checkpoint):
+        raise CheckpointError(f"{checkpoint.directory} has {len(checkpoint)} consolidated.NN.pth files, but {key} in "
+                              f"{os.path.basename(checkpoint.paths[0])} has {rows} rows of the {total} that "
+                              f"{PARAMS_FILE} implies: {total // rows} model-parallel files")
+
+
 def _embedding_split_dim(checkpoint: MetaCheckpoint) -> int:
     """0 (Llama 3, VocabParallelEmbedding) or 1 (Llama 1/2, ParallelEmbedding), told from the shapes."""
     rows, width = checkpoint.shapes[0]["tok_embeddings.weight"][0]
@@ -263,18 +277,9 @@ def _check_shapes(checkpoint: MetaCheckpoint, merged: dict[str, tuple[int, ...]]
             continue
         if key not in merged:
             raise CheckpointError(f"tensor {key!r} is missing from {checkpoint.directory}")
-        if merged[key] == shape:
-            continue
-        piece = checkpoint.shapes[0][key][0]
-        dim = meta_split_dim(key, 0)
-        if dim is not None and key != "tok_embeddings.weight" and piece[dim] and shape[dim] % piece[dim] == 0:
-            implied = shape[dim] // piece[dim]
-            if implied != n_files:
-                raise CheckpointError(f"{checkpoint.directory} has {n_files} consolidated.NN.pth files, but {key} in "
-                                      f"{os.path.basename(checkpoint.paths[0])} has shape {piece}, which implies "
-                                      f"{implied} model-parallel files for the model {PARAMS_FILE} describes")
-        raise CheckpointError(f"tensor {key!r} merged from {n_files} file(s) in {checkpoint.directory} has shape "
-                              f"{merged[key]}, but {PARAMS_FILE} implies {shape}")
+        if merged[key] != shape:
+            raise CheckpointError(f"tensor {key!r} merged from {n_files} file(s) in {checkpoint.directory} has "
+                                  f"shape {merged[key]}, but {PARAMS_FILE} implies {shape}")
 
 
 def _output_is_embedding(checkpoint: MetaCheckpoint, embedding_dim: int, merged: dict[str, tuple[int, ...]],
