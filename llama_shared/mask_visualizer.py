@@ -107,7 +107,7 @@ def save_view_png(view: MaskView, path: str | os.PathLike) -> None:
     for b in range(batch):
         cells = view.allowed[b].astype(int)
         cells[np.diag_indices(n)] *= 2
-        cells[:, view.padding[b]] = np.where(cells[:, view.padding[b]] == 0, 3, cells[:, view.padding[b]])
+        cells[(cells == 0) & view.padding[b][None, :]] = 3
         axes = figure.add_subplot(1, batch, b + 1)
         axes.imshow(cells, cmap=colours, vmin=0, vmax=3)
         labels = [token + (" (pad)" if view.padding[b, i] else "") for i, token in enumerate(view.tokens[b])]
