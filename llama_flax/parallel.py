@@ -109,7 +109,8 @@ def param_logical_axes(path: tuple[str, ...] | str) -> tuple[str, ...]:
 
 
 def fit_spec(logical_axes: tuple[str | None, ...], shape: tuple[int, ...], axis_sizes: Mapping[str, int]) -> P:
-    """The mesh PartitionSpec for logical axes, keeping per dimension only mesh axes that divide it."""
+    """The mesh PartitionSpec for logical axes, keeping per dimension only the mesh axes (of size > 1)
+    that divide it."""
     if len(logical_axes) != len(shape):
         raise ValueError(f"logical axes {logical_axes} do not match an array of shape {tuple(shape)}")
     spec = []
@@ -118,7 +119,7 @@ def fit_spec(logical_axes: tuple[str | None, ...], shape: tuple[int, ...], axis_
         wanted = (wanted,) if isinstance(wanted, str) else (wanted or ())
         kept, product = [], 1
         for axis in wanted:
-            if axis in axis_sizes and size % (product * axis_sizes[axis]) == 0:
+            if axis_sizes.get(axis, 1) > 1 and size % (product * axis_sizes[axis]) == 0:
                 kept.append(axis)
                 product *= axis_sizes[axis]
         spec.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
@@ -301,6 +302,15 @@ def jit_train_step(step: Callable, mesh: Mesh, state_shardings: Any) -> Callable
             return compiled[key](state, {name: shard_batch(mesh, value) for name, value in batch.items()})
 
     return call
+
+
+def generate(model: FlaxPreTrainedModel, mesh: Mesh, input_ids: Any, attention_mask: Any = None,
+             **generate_kwargs: Any) -> jax.Array:
+    """model.generate on the mesh: with params from from_pretrained_sharded (or shard_params), the
+    jitted decode loop inherits their shardings and splits the batch, activations and KV cache over
+    the mesh by the logical-axis rules."""
+    with jax.set_mesh(mesh):
+        return model.generate(input_ids, attention_mask, **generate_kwargs)
 
 
 def pmap_forward(model: FlaxPreTrainedModel) -> Callable[..., jax.Array]:
