@@ -12,8 +12,8 @@ backends -- is stored as
 with codes in [-2^(bits-1), 2^(bits-1) - 1] and W[o, i] ~ (code - zero) * scale of group i // group_size.
 Scales follow torchao's affine mapping: symmetric absmax / ((qmax - qmin) / 2), otherwise
 (max - min) / (qmax - qmin) over a range stretched to include 0. The settings travel in config.json
-(``quantization_config``, which transformers refuses to load rather than loading garbage) and in each
-safetensors file's metadata; a loader checks that the two and the caller agree.
+(``quantization_config``; transformers 4.57 only warns about the unknown method, so do not hand these
+folders to it) and in each safetensors file's metadata; a loader checks that the two and the caller agree.
 """
 
 from __future__ import annotations
