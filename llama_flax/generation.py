@@ -264,7 +264,7 @@ class GenerationMixin:
         host_mask = np.ones_like(host_ids) if attention_mask is None else np.asarray(attention_mask)
         plan = plan_generation(host_ids, host_mask, config, self.config, max_length_given=max_length is not None)
         ids, mask, prompt_start, settings = _bucketed(host_ids, host_mask, plan)
-        values = _sampling_values(plan)
+        values = sampling_values(plan)
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
         key = jax.random.key(seed)
@@ -326,7 +326,8 @@ def _bucketed(ids: np.ndarray, mask: np.ndarray, plan: DecodePlan) -> tuple[Arra
     return jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(extra, jnp.int32), settings
 
 
-def _sampling_values(plan: DecodePlan) -> SamplingValues:
+def sampling_values(plan: DecodePlan) -> SamplingValues:
+    """The plan's numbers as traced device scalars (an absent eos is -1, which no token matches)."""
     config = plan.config
     eos = plan.eos_token_ids or (-1,)
     return SamplingValues(temperature=jnp.float32(config.temperature), top_p=jnp.float32(config.top_p),
