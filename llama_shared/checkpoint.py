@@ -214,7 +214,7 @@ class SafetensorsWriter:
         if name != expected_name or tuple(array.shape) != shape or np.dtype(array.dtype) != dtype:
             raise CheckpointError(f"{self.path}: expected tensor {expected_name!r} {shape} {dtype} next, got "
                                   f"{name!r} {tuple(array.shape)} {array.dtype}")
-        self._file.write(np.ascontiguousarray(array).tobytes())
+        self._file.write(memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8)))
         self._next += 1
 
     def close(self) -> None:
