@@ -24,6 +24,9 @@ PARAMS_DIR = "params"
 MSGPACK_FILE = "flax_model.msgpack"
 _SCRATCH_FILE = ".tensors.scratch"
 _ALIGNMENT = 64
+# Orbax serialises at most this many GB at once (its default, 96, copies a small model whole), and
+# without compression, which costs CPU time and saves nothing on weights.
+SAVE_CONCURRENT_GB = 1
 
 
 def is_flax_checkpoint(path: str) -> bool:
@@ -119,7 +122,8 @@ def write_flax(source: TensorSource, directory: str) -> None:
     mapped = np.memmap(scratch, np.uint8, "r") if os.path.getsize(scratch) else np.zeros(0, np.uint8)
     tree = unflatten_tree({p: mapped[o:o + int(np.prod(s, dtype=np.int64)) * d.itemsize].view(d).reshape(s)
                            for p, (o, s, d) in layout.items()})
-    ocp.PyTreeCheckpointer().save(os.path.abspath(os.path.join(directory, PARAMS_DIR)), args=ocp.args.PyTreeSave(tree))
+    handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=SAVE_CONCURRENT_GB, use_compression=False)
+    ocp.Checkpointer(handler).save(os.path.abspath(os.path.join(directory, PARAMS_DIR)), args=ocp.args.PyTreeSave(tree))
     del tree, mapped
     os.remove(scratch)
     source.config.replace(torch_dtype=source.dtype_name).save_pretrained(directory)

@@ -97,7 +97,8 @@ def params_from_config(config: LlamaConfig) -> dict[str, Any]:
     unsupported = [name for name, bad in (
         ("attention_bias", c.attention_bias), ("mlp_bias", c.mlp_bias),
         ("hidden_act (Meta uses silu)", c.hidden_act != "silu"),
-        ("head_dim (Meta uses hidden_size // num_attention_heads)", c.head_dim != c.hidden_size // c.num_attention_heads),
+        ("head_dim (Meta uses hidden_size // num_attention_heads)",
+         c.head_dim != c.hidden_size // c.num_attention_heads),
         (f"rope_type {c.rope_type!r} (Meta has default and llama3)", c.rope_type not in ("default", "llama3")))
         if bad]
     if c.rope_type == "llama3" and any(c.rope_scaling[k] != v for k, v in LLAMA3_ROPE.items()):
@@ -376,13 +377,14 @@ def write_meta(source: TensorSource, directory: str, num_shards: int = 1) -> Non
         for key, array in source.tensors():
             meta = meta_key(key)
             array = _to_interleaved(meta, array, config)
-            targets = [meta, "output.weight"] if config.tie_word_embeddings and meta == "tok_embeddings.weight" else [meta]
+            tied_copy = config.tie_word_embeddings and meta == "tok_embeddings.weight"
+            targets = [meta, "output.weight"] if tied_copy else [meta]
             for target in targets:
                 dim = meta_split_dim(target, vocab)
                 pieces = np.split(array, num_shards, axis=dim) if dim is not None else [array] * num_shards
                 for f, piece, rank_offsets in zip(files, pieces, offsets):
                     f.seek(rank_offsets[target])
-                    f.write(np.ascontiguousarray(piece).tobytes())
+                    f.write(memoryview(np.ascontiguousarray(piece).reshape(-1).view(np.uint8)))
                 written.add(target)
     finally:
         for f in files:

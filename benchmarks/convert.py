@@ -1,0 +1,163 @@
+"""Conversion of a 1B-parameter random checkpoint: peak RSS against the largest tensor + 1.5 GB, and
+read speed against the disk's sequential read speed measured in the same run.
+
+The checkpoint has Llama-3.2-1B's shapes (1.24B parameters, bfloat16, tied embeddings) with random
+values, written by the streaming safetensors writer. Before every timed read the files' page cache
+is dropped (fsync, then posix_fadvise DONTNEED), so each read comes from the disk. The disk's
+sequential speed is a plain 16 MB-block read of a file of the checkpoint's size. A conversion's
+read speed is the bytes it reads over its whole wall time (writing included), so the ratio is a
+lower bound; torch and orbax are imported before the clock starts. Each conversion runs in a fresh process whose peak RSS (VmHWM) is reported.
+
+python benchmarks/convert.py [--workdir DIR] [--passes N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import ml_dtypes
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from llama_shared.checkpoint import write_checkpoint  # noqa: E402
+from llama_shared.config import LlamaConfig  # noqa: E402
+
+BLOCK = 16 * 2**20
+CHILD = """
+import json, sys, time
+import orbax.checkpoint, torch  # imported before the clock starts: a fixed cost, not reading
+from llama_shared.convert import convert
+
+def peak_rss():  # VmHWM: this process's own high-water mark (ru_maxrss would include the parent's at fork)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+rss_before = peak_rss()
+start = time.perf_counter()
+convert(sys.argv[1], sys.argv[2], sys.argv[3], num_shards=int(sys.argv[4]), progress=False)
+print(json.dumps({"seconds": time.perf_counter() - start, "rss_after_imports": rss_before, "peak_rss": peak_rss()}))
+"""
+
+
+def hf_specs(config: LlamaConfig) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
+    q, kv = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    specs = {"model.embed_tokens.weight": ((v, h), bf16)}
+    for n in range(config.num_hidden_layers):
+        p = f"model.layers.{n}."
+        specs.update({p + "self_attn.q_proj.weight": ((q, h), bf16), p + "self_attn.k_proj.weight": ((kv, h), bf16),
+                      p + "self_attn.v_proj.weight": ((kv, h), bf16), p + "self_attn.o_proj.weight": ((h, q), bf16),
+                      p + "mlp.gate_proj.weight": ((i, h), bf16), p + "mlp.up_proj.weight": ((i, h), bf16),
+                      p + "mlp.down_proj.weight": ((h, i), bf16), p + "input_layernorm.weight": ((h,), bf16),
+                      p + "post_attention_layernorm.weight": ((h,), bf16)})
+    specs["model.norm.weight"] = ((h,), bf16)
+    return specs
+
+
+def random_bfloat16(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Random finite bfloat16 values in (-1, 1), made from random bits (no float32 detour)."""
+    bits = rng.integers(0, 0x3F80, size=shape, dtype=np.uint16) | (rng.integers(0, 2, shape, np.uint16) << 15)
+    return bits.view(ml_dtypes.bfloat16)
+
+
+def write_random_checkpoint(folder: str, config: LlamaConfig) -> None:
+    specs = hf_specs(config)
+    rng = np.random.default_rng(0)
+    write_checkpoint(folder, specs, ((k, random_bfloat16(s, rng)) for k, (s, _) in specs.items()))
+    config.replace(torch_dtype="bfloat16").save_pretrained(folder)
+
+
+def files_under(folder: str) -> list[str]:
+    return [os.path.join(root, n) for root, _, names in os.walk(folder) for n in names]
+
+
+def drop_page_cache(folder_or_file: str) -> None:
+    """Write back and evict the page cache of every file (no root needed: POSIX_FADV_DONTNEED)."""
+    paths = [folder_or_file] if os.path.isfile(folder_or_file) else files_under(folder_or_file)
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def size_of(folder: str) -> int:
+    return sum(os.path.getsize(p) for p in files_under(folder))
+
+
+def disk_read_speed(path: str, size: int) -> float:
+    """Bytes per second of a 16 MB-block sequential read of a fresh file of the given size."""
+    if not os.path.exists(path) or os.path.getsize(path) != size:
+        chunk = os.urandom(BLOCK)
+        with open(path, "wb") as f:
+            for _ in range(size // BLOCK):
+                f.write(chunk)
+            f.write(chunk[:size % BLOCK])
+    drop_page_cache(path)
+    buffer = bytearray(BLOCK)
+    start = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        while f.readinto(buffer):
+            pass
+    return size / (time.perf_counter() - start)
+
+
+def timed_conversion(src: str, dst: str, to: str, num_shards: int = 1) -> dict:
+    shutil.rmtree(dst, ignore_errors=True)
+    drop_page_cache(src)
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+           "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", CHILD, src, dst, to, str(num_shards)], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", help="folder for the checkpoints (default: a temporary folder, removed after)")
+    parser.add_argument("--passes", type=int, default=2, help="passes per measurement; the best is kept")
+    args = parser.parse_args()
+    workdir = args.workdir or tempfile.mkdtemp(prefix="convert-bench-")
+    os.makedirs(workdir, exist_ok=True)
+    config = LlamaConfig.from_preset("llama-3.2-1b")
+    hf = os.path.join(workdir, "hf")
+    if not os.path.exists(os.path.join(hf, "config.json")):
+        write_random_checkpoint(hf, config)
+    specs = hf_specs(config)
+    largest = max(int(np.prod(s)) * d.itemsize for s, d in specs.values())
+    budget = largest + 1.5e9
+    size = size_of(hf)
+    print(f"checkpoint: {config.num_parameters() / 1e9:.2f}B parameters, {size / 1e9:.2f} GB bfloat16, "
+          f"largest tensor {largest / 1e9:.2f} GB; RSS budget {budget / 1e9:.2f} GB")
+    disk = max(disk_read_speed(os.path.join(workdir, "disk-reference.bin"), size) for _ in range(args.passes))
+    print(f"disk sequential read: {disk / 1e9:.2f} GB/s (best of {args.passes})")
+    runs = [("hf -> meta", hf, os.path.join(workdir, "meta"), "meta"),
+            ("meta -> hf", os.path.join(workdir, "meta"), os.path.join(workdir, "hf-from-meta"), "hf"),
+            ("hf -> hf", hf, os.path.join(workdir, "hf-copy"), "hf"),
+            ("hf -> flax", hf, os.path.join(workdir, "flax"), "flax"),
+            ("flax -> hf", os.path.join(workdir, "flax"), os.path.join(workdir, "hf-from-flax"), "hf")]
+    print(f"{'conversion':<12} {'seconds':>8} {'read GB/s':>10} {'vs disk':>8} {'peak RSS GB':>12} "
+          f"{'vs budget':>10} {'RSS after imports':>18}")
+    for name, src, dst, to in runs:
+        best = min((timed_conversion(src, dst, to) for _ in range(args.passes)), key=lambda r: r["seconds"])
+        read = size_of(src) / best["seconds"]
+        print(f"{name:<12} {best['seconds']:>8.1f} {read / 1e9:>10.2f} {read / disk:>8.2f} "
+              f"{best['peak_rss'] / 1e9:>12.2f} {best['peak_rss'] / budget:>10.2f} "
+              f"{best['rss_after_imports'] / 1e9:>18.2f}")
+    if not args.workdir:
+        shutil.rmtree(workdir)
+
+
+if __name__ == "__main__":
+    main()
