@@ -25,7 +25,7 @@ from llama_shared.checkpoint import (DEFAULT_SHARD_SIZE, INDEX_FILE, SINGLE_FILE
 from llama_shared.config import LlamaConfig
 from llama_shared.errors import CheckpointError
 from llama_shared.generation import GenerationConfig
-from llama_shared.naming import check_shape, checkpoint_key_map, flatten_tree, hf_key, unflatten_tree
+from llama_shared.naming import check_shape, checkpoint_key_map, flatten_tree, hf_key, hf_key_order, unflatten_tree
 from llama_shared.quantization import QuantizationConfig, checkpoint_metadata, open_for_loading
 
 HEAD_MODULES = ("score", "qa_outputs")
@@ -188,7 +188,7 @@ class FlaxPreTrainedModel(GenerationMixin):
         dtype_name = "bfloat16" if dtype == ml_dtypes.bfloat16 else dtype.name
         torch_name = type(self).__name__.removeprefix("Flax")
         self.config.replace(torch_dtype=dtype_name, architectures=[torch_name]).save_pretrained(directory)
-        entries = sorted((hf_key(path) + (path,) for path in flat), key=lambda e: _hf_order(e[0]))
+        entries = sorted((hf_key(path) + (path,) for path in flat), key=lambda e: hf_key_order(e[0]))
         specs = {name: ((tuple(reversed(flat[path].shape)) if transposed else tuple(flat[path].shape)),
                         np.dtype(flat[path].dtype)) for name, transposed, path in entries}
         tensors = ((name, _host(flat[path], transposed)) for name, transposed, path in entries)
@@ -200,10 +200,3 @@ class FlaxPreTrainedModel(GenerationMixin):
 def _host(array: jax.Array, transposed: bool) -> np.ndarray:
     host = np.asarray(jax.device_get(array))
     return np.ascontiguousarray(host.T) if transposed else host
-
-
-def _hf_order(key: str) -> tuple:
-    """Sort keys as transformers lists them: embeddings, layers in numeric order, norm, heads."""
-    parts = key.split(".")
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts)
-
