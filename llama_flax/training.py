@@ -148,7 +148,7 @@ def make_train_step(module: nn.Module, optimizer: optax.GradientTransformation, 
         grads = jax.tree.map(lambda g: g / count.astype(g.dtype), grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss / count, "grad_norm": optax.global_norm(grads), "tokens": count,
+        metrics = {"loss": loss / count, "grad_norm": optax.tree.norm(grads), "tokens": count,
                    "learning_rate": schedule(state.step)}
         return TrainState(state.step + 1, params, opt_state), metrics
 
