@@ -57,7 +57,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"TrainConfig.remat_policy {self.remat_policy!r}: expected one of {sorted(REMAT_POLICIES)}")
+            raise ValueError(f"TrainConfig.remat_policy {self.remat_policy!r}: expected one of "
+                             f"{sorted(REMAT_POLICIES)}")
         if self.accumulation_steps < 1:
             raise ValueError(f"TrainConfig.accumulation_steps must be at least 1, got {self.accumulation_steps}")
         if not 0 <= self.warmup_steps <= self.total_steps:
