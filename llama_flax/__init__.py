@@ -3,6 +3,7 @@
 import jax
 
 from llama_flax.cache import KVCache
+from llama_flax.quantization import QuantizedDense, quantize
 from llama_flax.modeling import (FlaxLlamaForCausalLM, FlaxLlamaForQuestionAnswering,
                                  FlaxLlamaForSequenceClassification, FlaxLlamaForTokenClassification, FlaxLlamaModel)
 from llama_shared import outputs as _outputs
@@ -13,5 +14,5 @@ for _cls in (_outputs.BaseModelOutput, _outputs.CausalLMOutput, _outputs.Sequenc
              _outputs.TokenClassifierOutput, _outputs.QuestionAnsweringOutput):
     jax.tree_util.register_dataclass(_cls)
 
-__all__ = ["LlamaConfig", "KVCache", "FlaxLlamaModel", "FlaxLlamaForCausalLM", "FlaxLlamaForSequenceClassification",
+__all__ = ["LlamaConfig", "KVCache", "QuantizedDense", "quantize", "FlaxLlamaModel", "FlaxLlamaForCausalLM", "FlaxLlamaForSequenceClassification",
            "FlaxLlamaForQuestionAnswering", "FlaxLlamaForTokenClassification"]
