@@ -19,7 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("text", metavar="TEXT_FILE", help="UTF-8 text to train on")
     parser.add_argument("--output", required=True, metavar="DIR",
                         help="where the trained model (and its tokenizer) is written; must not exist or be empty")
-    parser.add_argument("--steps", type=int, default=100, help="optimizer steps (default: 100)")
+    parser.add_argument("--steps", type=int, default=100,
+                        help="train until this optimizer step, counting resumed ones; the schedule's length "
+                             "(default: 100)")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per step (default: 8)")
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default: 256)")
     parser.add_argument("--learning-rate", type=float, default=3e-4, help="peak AdamW learning rate (default: 3e-4)")
@@ -93,11 +95,15 @@ def run(args: argparse.Namespace) -> int:
                          compute_dtype=args.dtype, master_dtype=args.master_dtype)
     trainer = Trainer(model, config, mesh)
     state = trainer.restore(args.resume) if args.resume else trainer.init_state()
+    steps = args.steps - int(state.step)
+    if steps <= 0:
+        raise SystemExit(f"the train state in {args.resume} is at step {int(state.step)}, "
+                         f"not before --steps {args.steps}")
     main_process = jax.process_index() == 0
-    print(f"{len(tokens)} tokens from {args.text}; mesh {dict(mesh.shape)}; {args.steps} steps of "
+    print(f"{len(tokens)} tokens from {args.text}; mesh {dict(mesh.shape)}; {steps} steps of "
           f"{args.batch_size} x {args.seq_len} tokens from step {int(state.step)}")
 
-    bar = tqdm(total=args.steps, unit="step", disable=not main_process)
+    bar = tqdm(total=steps, unit="step", disable=not main_process)
 
     def log(step: int, metrics: dict[str, float]) -> None:
         bar.update(1)
@@ -107,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
                       f"lr {metrics['learning_rate']:.2e} tokens/s {metrics['tokens_per_second']:.0f}")
 
     batches = token_batches(tokens, args.batch_size, args.seq_len, args.seed + int(state.step))
-    state, losses = trainer.fit(state, batches, args.steps, log)
+    state, losses = trainer.fit(state, batches, steps, log)
     bar.close()
 
     if args.save_state:

@@ -163,8 +163,6 @@ def char_tokenizer(directory) -> int:
 
 
 def test_cli_train_logs_saves_and_resumes(model_dir, tmp_path, capsys):
-    import shutil
-
     from llama_shared.cli import main
     from llama_shared.tokenizer import AutoTokenizer
 
@@ -190,6 +188,7 @@ def test_cli_train_logs_saves_and_resumes(model_dir, tmp_path, capsys):
     with pytest.raises(SystemExit, match="not empty"):
         main(["train", *common, "--output", str(tmp_path / "out")])
     assert main(["train", *common, "--output", str(tmp_path / "resumed"), "--resume", str(tmp_path / "state"),
-                 "--steps", "2"]) == 0
-    assert "from step 12" in capsys.readouterr().out
-    shutil.rmtree(tmp_path / "resumed")
+                 "--steps", "14"]) == 0
+    assert "2 steps of 4 x 32 tokens from step 12" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="at step 12"):
+        main(["train", *common, "--output", str(tmp_path / "again"), "--resume", str(tmp_path / "state")])
