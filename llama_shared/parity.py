@@ -2,9 +2,10 @@
 
 Each implementation runs the same token ids with output_hidden_states=True (embeddings, each layer's
 output, the last one normed, as transformers returns them). The comparison is numpy only: per
-layer the max and mean absolute difference, on the logits the next-token KL divergence and top-1
-agreement (MaxText's forward_pass_logit_checker idea), and the first layer where a pair parts.
-The backends are imported only when one is run.
+layer the max and mean absolute difference and, read out through the checkpoint's final norm and
+LM head (the "logit lens"), the next-token KL divergence and top-1 agreement (MaxText's
+forward_pass_logit_checker measures, taken at every layer); then the same on the logits, and the
+first layer where a pair parts. The backends are imported only when one is run.
 """
 
 from __future__ import annotations
@@ -31,10 +32,14 @@ class Activations:
 
 @dataclass
 class LayerDiff:
+    """One layer of one pair: |difference| of the hidden states and of their next-token readouts."""
+
     name: str
     max_abs: float
     mean_abs: float
     scale: float  # max(1, max |reference value|): the tolerance is relative to it
+    max_kl: float | None = None  # max over positions of KL(reference || other) of next-token distributions
+    top1_agreement: float | None = None  # fraction of positions whose most likely next token is the same
 
     def exceeds(self, tolerance: float) -> bool:
         return not self.max_abs <= tolerance * self.scale  # NaN parts too
@@ -48,8 +53,6 @@ class PairReport:
     other: str
     layers: list[LayerDiff]
     logits: LayerDiff
-    max_kl: float  # max over positions of KL(reference || other) of the next-token distributions
-    top1_agreement: float  # fraction of positions whose argmax token is the same
     tolerance: float
 
     @property
@@ -74,20 +77,17 @@ class ParityReport:
         return all(pair.first_parting is None for pair in self.pairs)
 
     def table(self) -> str:
-        """The per-layer table, one column pair (max, mean |diff|) per comparison, then the verdicts."""
-        names = [d.name for d in self.pairs[0].layers] + ["logits"]
-        head = f"{'layer':<18}" + "".join(f"{pair.label:>28}" for pair in self.pairs)
-        sub = f"{'':<18}" + "".join(f"{'max |diff|':>16}{'mean |diff|':>12}" for _ in self.pairs)
-        lines = [f"{self.num_tokens} tokens, {self.dtype}", head, sub]
-        for i, name in enumerate(names):
-            cells = ""
-            for pair in self.pairs:
-                diff = pair.layers[i] if i < len(pair.layers) else pair.logits
+        """One block per pair: a row per layer (then the logits) with max and mean |diff|, the
+        next-token KL and top-1 agreement; "!" marks a row past the tolerance. Then the verdicts."""
+        lines = [f"{self.num_tokens} tokens, {self.dtype}"]
+        for pair in self.pairs:
+            lines += ["", f"{pair.label} (tolerance {pair.tolerance:g} x max(1, max |value|))",
+                      f"{'layer':<18}{'max |diff|':>13}{'mean |diff|':>13}{'next-token KL':>15}{'top-1':>8}"]
+            for diff in [*pair.layers, pair.logits]:
                 mark = "!" if diff.exceeds(pair.tolerance) else " "
-                cells += f"{diff.max_abs:>15.3e}{mark}{diff.mean_abs:>12.3e}"
-            lines.append(f"{name:<18}{cells}")
-        lines.append(f"{'next-token KL max':<18}" + "".join(f"{pair.max_kl:>28.3e}" for pair in self.pairs))
-        lines.append(f"{'top-1 agreement':<18}" + "".join(f"{pair.top1_agreement:>28.1%}" for pair in self.pairs))
+                kl = "-" if diff.max_kl is None else f"{diff.max_kl:.3e}"
+                top1 = "-" if diff.top1_agreement is None else f"{diff.top1_agreement:.0%}"
+                lines.append(f"{diff.name:<18}{diff.max_abs:>12.3e}{mark}{diff.mean_abs:>13.3e}{kl:>15}{top1:>8}")
         lines.append("")
         lines.extend(self.verdicts())
         lines.extend(self.notes)
@@ -138,10 +138,33 @@ def layer_names(num_hidden_states: int) -> list[str]:
     return ["embeddings"] + [f"layer {i}" for i in range(layers - 1)] + [f"layer {layers - 1} + norm"]
 
 
-def _difference(name: str, reference: np.ndarray, other: np.ndarray) -> LayerDiff:
-    delta = np.abs(reference.astype(np.float64) - other.astype(np.float64))
-    scale = max(1.0, float(np.abs(reference).max()))
-    return LayerDiff(name, float(delta.max()), float(delta.mean()), scale)
+@dataclass
+class Readout:
+    """The checkpoint's final RMSNorm and LM head in numpy: any layer's hidden state to next-token
+    log-probabilities (the logit lens), one fixed readout for every implementation."""
+
+    norm_weight: np.ndarray
+    head: np.ndarray  # (vocab, hidden)
+    eps: float
+
+    @classmethod
+    def from_checkpoint(cls, model_dir: str | os.PathLike) -> "Readout":
+        """model.norm.weight and lm_head.weight (the embeddings when tied) of a Hugging Face folder."""
+        from llama_shared.checkpoint import Checkpoint
+        from llama_shared.config import LlamaConfig
+
+        config = LlamaConfig.from_pretrained(model_dir)
+        checkpoint = Checkpoint(model_dir)
+        head = "model.embed_tokens.weight" if "lm_head.weight" not in checkpoint.keys() else "lm_head.weight"
+        return cls(checkpoint.get("model.norm.weight").astype(np.float64), checkpoint.get(head).astype(np.float32),
+                   config.rms_norm_eps)
+
+    def log_probs(self, hidden: np.ndarray, normed: bool) -> np.ndarray:
+        """(positions, vocab) log-probabilities; the last hidden state comes normed already."""
+        if not normed:
+            h = hidden.astype(np.float64)
+            hidden = h / np.sqrt((h * h).mean(-1, keepdims=True) + self.eps) * self.norm_weight
+        return _log_softmax(hidden.astype(np.float32) @ self.head.T)
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -149,29 +172,44 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+def _difference(name: str, reference: np.ndarray, other: np.ndarray,
+                log_probs: tuple[np.ndarray, np.ndarray] | None) -> LayerDiff:
+    delta = np.abs(reference.astype(np.float64) - other.astype(np.float64))
+    diff = LayerDiff(name, float(delta.max()), float(delta.mean()), max(1.0, float(np.abs(reference).max())))
+    if log_probs is not None:
+        log_p, log_q = log_probs
+        diff.max_kl = float((np.exp(log_p) * (log_p - log_q)).sum(axis=-1).max())
+        diff.top1_agreement = float((log_p.argmax(-1) == log_q.argmax(-1)).mean())
+    return diff
+
+
 def compare(reference_name: str, reference: Activations, other_name: str, other: Activations,
-            tolerance: float) -> PairReport:
-    """Compare two implementations' activations layer by layer and on the next-token distribution."""
+            tolerance: float, readout: Readout | None = None) -> PairReport:
+    """Compare two implementations' activations layer by layer (through the readout, when given, also
+    as next-token distributions) and on the logits."""
     if len(reference.hidden_states) != len(other.hidden_states):
         raise ValueError(f"{reference_name} returned {len(reference.hidden_states)} hidden states but "
                          f"{other_name} {len(other.hidden_states)}")
     names = layer_names(len(reference.hidden_states))
-    layers = [_difference(n, a, b) for n, a, b in zip(names, reference.hidden_states, other.hidden_states)]
-    log_p, log_q = _log_softmax(reference.logits), _log_softmax(other.logits)
-    kl = (np.exp(log_p) * (log_p - log_q)).sum(axis=-1)
-    top1 = reference.logits.argmax(-1) == other.logits.argmax(-1)
-    return PairReport(reference_name, other_name, layers, _difference("logits", reference.logits, other.logits),
-                      float(kl.max()), float(top1.mean()), tolerance)
+    layers = []
+    for i, (name, a, b) in enumerate(zip(names, reference.hidden_states, other.hidden_states)):
+        normed = i == len(names) - 1
+        lens = None if readout is None else (readout.log_probs(a, normed), readout.log_probs(b, normed))
+        layers.append(_difference(name, a, b, lens))
+    logits = _difference("logits", reference.logits, other.logits,
+                         (_log_softmax(reference.logits), _log_softmax(other.logits)))
+    return PairReport(reference_name, other_name, layers, logits, tolerance)
 
 
-def compare_all(activations: dict[str, Activations], dtype: str, tolerance: float | None = None) -> ParityReport:
+def compare_all(activations: dict[str, Activations], dtype: str, tolerance: float | None = None,
+                readout: Readout | None = None) -> ParityReport:
     """Every pair of implementations (in the order given: the first is each pair's reference)."""
     if len(activations) < 2:
         raise ValueError(f"parity needs at least two implementations, got {list(activations)}")
     if tolerance is None:
         tolerance = DEFAULT_TOLERANCE[dtype]
     names = list(activations)
-    pairs = [compare(a, activations[a], b, activations[b], tolerance)
+    pairs = [compare(a, activations[a], b, activations[b], tolerance, readout)
              for i, a in enumerate(names) for b in names[i + 1:]]
     num_tokens = activations[names[0]].logits.shape[-2]
     return ParityReport(pairs, num_tokens, dtype)
@@ -226,7 +264,8 @@ def available_backends() -> list[str]:
 def parity_report(model_dir: str | os.PathLike, input_ids: Sequence[int], dtype: str = "float32",
                   tolerance: float | None = None, backends: Sequence[str] | None = None,
                   models: dict[str, Any] | None = None) -> ParityReport:
-    """Load the checkpoint in each backend (or use the given model objects), run the ids, compare all pairs.
+    """Load the checkpoint in each backend (or use the given model objects), run the ids, compare all
+    pairs; the checkpoint's final norm and head read every layer out as next-token distributions.
 
     ``models`` maps a name to an already-built model (e.g. one with edited weights); those run instead
     of loading that backend.
@@ -237,4 +276,5 @@ def parity_report(model_dir: str | os.PathLike, input_ids: Sequence[int], dtype:
     for backend in backends or available_backends():
         if backend not in models:
             models[backend] = load_model(backend, model_dir, dtype)
-    return compare_all({name: run_model(model, input_ids) for name, model in models.items()}, dtype, tolerance)
+    activations = {name: run_model(model, input_ids) for name, model in models.items()}
+    return compare_all(activations, dtype, tolerance, Readout.from_checkpoint(model_dir))
