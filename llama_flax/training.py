@@ -141,12 +141,16 @@ def make_train_step(module: nn.Module, optimizer: optax.GradientTransformation, 
         return (jax.tree.map(jnp.add, grads_sum, grads), loss_sum + loss, count_sum + count), None
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        micro_batches = jax.tree.map(lambda x: _split_micro_batches(x, accumulation_steps), dict(batch))
-        zeros = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
-        (grads, loss, count), _ = jax.lax.scan(lambda c, m: accumulate(state.params, c, m), zeros, micro_batches)
+        if accumulation_steps == 1:
+            (loss, count), grads = grad_fn(state.params, batch)
+        else:
+            micro_batches = jax.tree.map(lambda x: _split_micro_batches(x, accumulation_steps), dict(batch))
+            zeros = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros((), jnp.float32),
+                     jnp.zeros((), jnp.int32))
+            (grads, loss, count), _ = jax.lax.scan(lambda c, m: accumulate(state.params, c, m), zeros, micro_batches)
         if axis_name is not None:
             grads, loss, count = jax.lax.psum((grads, loss, count), axis_name)
-        grads = jax.tree.map(lambda g: g / count.astype(g.dtype), grads)
+        grads = jax.tree.map(lambda g: (g.astype(jnp.float32) / count).astype(g.dtype), grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss / count, "grad_norm": optax.tree.norm(grads), "tokens": count,
