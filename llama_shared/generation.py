@@ -26,6 +26,8 @@ GENERATION_CONFIG_FILE = "generation_config.json"
 PROCESSOR_ORDER = ("repetition_penalty", "min_new_tokens", "temperature", "top_k", "top_p", "min_p")
 SAMPLING_ONLY = frozenset({"temperature", "top_k", "top_p", "min_p"})
 
+_NULL_MEANS_DEFAULT = frozenset({"temperature", "top_p", "repetition_penalty", "max_length", "min_length", "do_sample"})
+
 # Prompt and cache lengths round up to these (then to multiples of the last), so compiled shapes repeat.
 LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512, 1024)
 
@@ -63,9 +65,10 @@ class GenerationConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "generation config") -> "GenerationConfig":
-        """Known fields from the dict, the rest kept in extra."""
+        """Known fields from the dict, the rest kept in extra. A null temperature, top_p,
+        repetition_penalty, max_length, min_length or do_sample means the default (as in transformers)."""
         known = {f.name for f in fields(cls)} - {"extra"}
-        values = dict(values)
+        values = {k: v for k, v in values.items() if not (v is None and k in _NULL_MEANS_DEFAULT)}
         if isinstance(values.get("eos_token_id"), list) and len(values["eos_token_id"]) == 1:
             values["eos_token_id"] = values["eos_token_id"][0]
         try:

@@ -99,3 +99,11 @@ def test_a_prompt_longer_than_a_given_cache(twins):
         plan_generation(PROMPT, None, config, twins[0].config, cache_length=3)
     with pytest.raises(GenerationError, match="need 8 cache slots"):
         plan_generation(PROMPT, None, config, twins[0].config, cache_length=6)
+
+
+def test_nulls_in_a_generation_config_file(tmp_path):
+    (tmp_path / "generation_config.json").write_text(
+        '{"temperature": null, "top_p": null, "top_k": null, "do_sample": true, "eos_token_id": [3, 4]}')
+    config = GenerationConfig.from_pretrained(tmp_path)
+    assert (config.temperature, config.top_p, config.top_k, config.eos_token_id) == (1.0, 1.0, None, [3, 4])
+    assert config.processors() == ("min_new_tokens",)
