@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -123,19 +124,31 @@ class FlaxPreTrainedModel(GenerationMixin):
         if not from_msgpack:
             config, checkpoint = open_for_loading(Checkpoint(directory), config, quantization, group_size,
                                                   np.dtype(param_dtype or dtype))
-        model = cls.__new__(cls)
-        model.config, model.dtype, model.param_dtype = config, dtype, param_dtype or dtype
-        model.module = cls.module_class(config, dtype, model.param_dtype)
+        model = cls.without_params(config, dtype, param_dtype)
         if from_msgpack:
             model.params = model._params_from_msgpack(os.path.join(directory, MSGPACK_FILE))
             if quantization is not None:
                 quantize(model, quantization, group_size)
         else:
-            model.params = model._params_from_checkpoint(checkpoint)
+            model.params = model.params_from_checkpoint(checkpoint)
         model.generation_config = GenerationConfig.for_model(directory, config)
         return model
 
-    def _params_from_checkpoint(self, checkpoint: Checkpoint) -> Any:
+    @classmethod
+    def without_params(cls, config: LlamaConfig, dtype: Any, param_dtype: Any = None) -> "FlaxPreTrainedModel":
+        """The model object with its module and config, params still to be set (loaders fill them)."""
+        model = cls.__new__(cls)
+        model.config, model.dtype, model.param_dtype = config, dtype, param_dtype or dtype
+        model.module = cls.module_class(config, dtype, model.param_dtype)
+        return model
+
+    def params_from_checkpoint(self, checkpoint: Checkpoint, place: Callable[..., jax.Array] | None = None) -> Any:
+        """The param tree from a checkpoint, names and shapes checked, missing task heads initialised.
+
+        place(path, spec, checkpoint, key, transposed) puts one stored tensor where it belongs; by default
+        it is read whole onto the default device (llama_flax.parallel places blocks on a mesh).
+        """
+        place = place or _read_whole
         shapes = self.param_shapes()
         keys = {path: hf_key(path) for path in shapes}
         key_map = checkpoint_key_map([k for k, _ in keys.values()], checkpoint.keys(), self.base_prefix)
@@ -151,8 +164,7 @@ class FlaxPreTrainedModel(GenerationMixin):
                 raise CheckpointError(f"tensor {name!r} is missing from the checkpoint at {checkpoint.directory}")
             expected = tuple(reversed(spec.shape)) if transposed else spec.shape
             check_shape(source, checkpoint.shape(source), expected, checkpoint.directory)
-            array = checkpoint.read(source)
-            flat[path] = jnp.asarray(array.T if transposed else array, dtype=spec.dtype)
+            flat[path] = place(path, spec, checkpoint, source, transposed)
         if fresh:
             warnings.warn(f"{', '.join(fresh)} not in the checkpoint: newly initialised, train before use",
                           stacklevel=3)
@@ -195,6 +207,12 @@ class FlaxPreTrainedModel(GenerationMixin):
         write_checkpoint(directory, specs, tensors, max_shard_size, checkpoint_metadata(self.config))
         if self.can_generate():
             self.generation_defaults().save_pretrained(directory)
+
+
+def _read_whole(path: tuple[str, ...], spec: jax.ShapeDtypeStruct, checkpoint: Checkpoint, key: str,
+                transposed: bool) -> jax.Array:
+    array = checkpoint.read(key)
+    return jnp.asarray(array.T if transposed else array, dtype=spec.dtype)
 
 
 def _host(array: jax.Array, transposed: bool) -> np.ndarray:

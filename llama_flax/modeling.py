@@ -221,6 +221,8 @@ class LlamaModule(nn.Module):
         if position_ids is None:
             position_ids = jnp.broadcast_to(cache_position[None], (batch, seq))
         keys = past_key_values.max_length if past_key_values is not None else seq
+        if attention_mask is not None:
+            attention_mask = jnp.asarray(attention_mask)  # a numpy mask closed over by jit meets traced slots
         allowed = model_attention_allowed(attention_mask, cache_position, jnp.arange(keys), past_key_values is not None)
         cos, sin = self.rotary_emb(position_ids, inputs_embeds.dtype)
 

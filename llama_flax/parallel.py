@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -33,11 +32,10 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from llama_flax.loading import HEAD_MODULES, MSGPACK_FILE, FlaxPreTrainedModel, resolve_dtype
+from llama_flax.loading import MSGPACK_FILE, FlaxPreTrainedModel, resolve_dtype
 from llama_shared.checkpoint import INDEX_FILE, SINGLE_FILE, Checkpoint, resolve_model_dir
 from llama_shared.config import LlamaConfig
-from llama_shared.errors import CheckpointError
-from llama_shared.naming import check_shape, checkpoint_key_map, flatten_tree, hf_key, unflatten_tree
+from llama_shared.naming import flatten_tree, unflatten_tree
 
 MESH_AXES = ("data", "fsdp", "tensor")
 DATA_AXIS_NAME = "data"  # the pmap axis
@@ -212,46 +210,23 @@ def from_pretrained_sharded(model_class: type[FlaxPreTrainedModel], path_or_repo
             model.params = shard_params(model.params, mesh)
             return model
     config = config or LlamaConfig.from_pretrained(directory, **config_overrides)
-    dtype = resolve_dtype(dtype, config)
-    model = model_class.__new__(model_class)
-    model.config, model.dtype, model.param_dtype = config, dtype, param_dtype or dtype
-    model.module = model_class.module_class(config, dtype, model.param_dtype)
-    model.params = _sharded_params(model, Checkpoint(directory), mesh)
+    model = model_class.without_params(config, resolve_dtype(dtype, config), param_dtype)
+    shardings = flatten_tree(param_shardings(unflatten_tree(model.param_shapes()), mesh))
+
+    def place_blocks(path: tuple[str, ...], spec: jax.ShapeDtypeStruct, checkpoint: Checkpoint, key: str,
+                     transposed: bool) -> jax.Array:
+        """Each device's block sliced from the memory-mapped tensor, converted on the host."""
+        stored, target = checkpoint.get(key), np.dtype(spec.dtype)
+
+        def read(index: tuple) -> np.ndarray:
+            block = stored[tuple(reversed(index))].T if transposed else stored[index]
+            return np.ascontiguousarray(block, dtype=target)
+
+        return jax.make_array_from_callback(spec.shape, shardings[path], read)
+
+    # Task heads missing from the checkpoint come back unsharded; shard_params places them too.
+    model.params = shard_params(model.params_from_checkpoint(Checkpoint(directory), place_blocks), mesh)
     return model
-
-
-def _sharded_params(model: FlaxPreTrainedModel, checkpoint: Checkpoint, mesh: Mesh) -> Any:
-    shapes = model.param_shapes()
-    shardings = flatten_tree(param_shardings(unflatten_tree(shapes), mesh))
-    names = {path: hf_key(path) for path in shapes}
-    key_map = checkpoint_key_map([name for name, _ in names.values()], checkpoint.keys(), model.base_prefix)
-    target = np.dtype(model.param_dtype)
-    flat, fresh = {}, []
-    for path, spec in shapes.items():
-        name, transposed = names[path]
-        source = key_map[name]
-        if source is None:
-            if path[0] not in HEAD_MODULES:
-                raise CheckpointError(f"tensor {name!r} is missing from the checkpoint at {checkpoint.directory}")
-            fresh.append(name)
-            flat[path] = jax.device_put(model._fresh_head_param(path, spec), shardings[path])
-            continue
-        expected = tuple(reversed(spec.shape)) if transposed else spec.shape
-        check_shape(source, checkpoint.shape(source), expected, checkpoint.directory)
-        flat[path] = jax.make_array_from_callback(spec.shape, shardings[path],
-                                                  _block_reader(checkpoint.get(source), transposed, target))
-    if fresh:
-        warnings.warn(f"{', '.join(fresh)} not in the checkpoint: newly initialised, train before use", stacklevel=3)
-    return unflatten_tree(flat)
-
-
-def _block_reader(stored: np.ndarray, transposed: bool, dtype: np.dtype) -> Callable[[tuple], np.ndarray]:
-    """index (of the Flax-layout array) -> that block, read from the memory-mapped stored tensor."""
-    def read(index: tuple) -> np.ndarray:
-        if transposed:
-            return np.ascontiguousarray(stored[tuple(reversed(index))].T, dtype=dtype)
-        return np.ascontiguousarray(stored[index], dtype=dtype)
-    return read
 
 
 # ------------------------------------------------------------------------------------------------
