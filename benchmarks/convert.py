@@ -4,11 +4,14 @@ read speed against the disk's sequential read speed measured in the same run.
 The checkpoint has Llama-3.2-1B's shapes (1.24B parameters, bfloat16, tied embeddings) with random
 values, written by the streaming safetensors writer. Before every timed read the files' page cache
 is dropped (fsync, then posix_fadvise DONTNEED), so each read comes from the disk. The disk's
-sequential speed is a plain 16 MB-block read of a file of the checkpoint's size. A conversion's
-read speed is the bytes it reads over its whole wall time (writing included), so the ratio is a
-lower bound; torch and orbax are imported before the clock starts. Each conversion runs in a fresh process whose peak RSS (VmHWM) is reported.
+sequential speed is a plain 16 MB-block read of a file of the checkpoint's size; the copy
+reference reads that file and writes a copy of it the same way, the least any conversion must do.
+A conversion's read speed is the bytes it reads over its whole wall time (writing included), so
+the ratio to the disk's read speed is a lower bound; torch and orbax are imported before the clock
+starts. Each conversion runs in a fresh process whose peak RSS (VmHWM) is reported. Passes run
+round robin (every measurement once, then again), so a slow spell of the machine hits them alike.
 
-python benchmarks/convert.py [--workdir DIR] [--passes N]
+python -m benchmarks.convert [--workdir DIR] [--passes N] [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -113,6 +116,20 @@ def disk_read_speed(path: str, size: int) -> float:
     return size / (time.perf_counter() - start)
 
 
+def disk_copy_speed(path: str, size: int) -> float:
+    """Bytes per second of a 16 MB-block read of the reference file written to a new file beside it."""
+    drop_page_cache(path)
+    copy = path + ".copy"
+    buffer = bytearray(BLOCK)
+    start = time.perf_counter()
+    with open(path, "rb", buffering=0) as src, open(copy, "wb", buffering=0) as dst:
+        while n := src.readinto(buffer):
+            dst.write(memoryview(buffer)[:n])
+    seconds = time.perf_counter() - start
+    os.remove(copy)
+    return size / seconds
+
+
 def timed_conversion(src: str, dst: str, to: str, num_shards: int = 1) -> dict:
     shutil.rmtree(dst, ignore_errors=True)
     drop_page_cache(src)
@@ -126,7 +143,8 @@ def timed_conversion(src: str, dst: str, to: str, num_shards: int = 1) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", help="folder for the checkpoints (default: a temporary folder, removed after)")
-    parser.add_argument("--passes", type=int, default=2, help="passes per measurement; the best is kept")
+    parser.add_argument("--passes", type=int, default=3, help="passes per measurement; the best is kept")
+    parser.add_argument("--only", nargs="*", help="conversions to run, by name (e.g. 'hf -> flax'); default all")
     args = parser.parse_args()
     workdir = args.workdir or tempfile.mkdtemp(prefix="convert-bench-")
     os.makedirs(workdir, exist_ok=True)
@@ -140,21 +158,30 @@ def main() -> None:
     size = size_of(hf)
     print(f"checkpoint: {config.num_parameters() / 1e9:.2f}B parameters, {size / 1e9:.2f} GB bfloat16, "
           f"largest tensor {largest / 1e9:.2f} GB; RSS budget {budget / 1e9:.2f} GB")
-    disk = max(disk_read_speed(os.path.join(workdir, "disk-reference.bin"), size) for _ in range(args.passes))
-    print(f"disk sequential read: {disk / 1e9:.2f} GB/s (best of {args.passes})")
     runs = [("hf -> meta", hf, os.path.join(workdir, "meta"), "meta"),
             ("meta -> hf", os.path.join(workdir, "meta"), os.path.join(workdir, "hf-from-meta"), "hf"),
             ("hf -> hf", hf, os.path.join(workdir, "hf-copy"), "hf"),
             ("hf -> flax", hf, os.path.join(workdir, "flax"), "flax"),
             ("flax -> hf", os.path.join(workdir, "flax"), os.path.join(workdir, "hf-from-flax"), "hf")]
-    print(f"{'conversion':<12} {'seconds':>8} {'read GB/s':>10} {'vs disk':>8} {'peak RSS GB':>12} "
-          f"{'vs budget':>10} {'RSS after imports':>18}")
-    for name, src, dst, to in runs:
-        best = min((timed_conversion(src, dst, to) for _ in range(args.passes)), key=lambda r: r["seconds"])
-        read = size_of(src) / best["seconds"]
-        print(f"{name:<12} {best['seconds']:>8.1f} {read / 1e9:>10.2f} {read / disk:>8.2f} "
-              f"{best['peak_rss'] / 1e9:>12.2f} {best['peak_rss'] / budget:>10.2f} "
-              f"{best['rss_after_imports'] / 1e9:>18.2f}")
+    runs = [r for r in runs if not args.only or r[0] in args.only]
+    reference = os.path.join(workdir, "disk-reference.bin")
+    disk, copy, best = 0.0, 0.0, {}
+    for _ in range(args.passes):
+        disk = max(disk, disk_read_speed(reference, size))
+        copy = max(copy, disk_copy_speed(reference, size))
+        for name, src, dst, to in runs:
+            result = timed_conversion(src, dst, to)
+            if name not in best or result["seconds"] < best[name]["seconds"]:
+                best[name] = {**result, "read": size_of(src) / result["seconds"]}
+    print(f"disk sequential read: {disk / 1e9:.2f} GB/s; copy (read + write): {copy / 1e9:.2f} GB/s "
+          f"(best of {args.passes})")
+    print(f"{'conversion':<12} {'seconds':>8} {'read GB/s':>10} {'vs disk':>8} {'vs copy':>8} "
+          f"{'peak RSS GB':>12} {'vs budget':>10} {'RSS after imports':>18}")
+    for name, *_ in runs:
+        r = best[name]
+        print(f"{name:<12} {r['seconds']:>8.1f} {r['read'] / 1e9:>10.2f} {r['read'] / disk:>8.2f} "
+              f"{r['read'] / copy:>8.2f} {r['peak_rss'] / 1e9:>12.2f} {r['peak_rss'] / budget:>10.2f} "
+              f"{r['rss_after_imports'] / 1e9:>18.2f}")
     if not args.workdir:
         shutil.rmtree(workdir)
 

@@ -9,8 +9,10 @@ complete: a failed conversion leaves no partial destination, and the source is o
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -145,6 +147,55 @@ def cast_source(source: TensorSource, dtype: np.dtype) -> TensorSource:
     return replace(source, specs=specs, tensors=tensors)
 
 
+def prefetched(source: TensorSource) -> TensorSource:
+    """The same source read one tensor ahead by a background thread, so that reading the next tensor
+    from disk overlaps transforming and writing this one (file reads and numpy copies release the
+    GIL). At most three tensors are alive: the one in use, one waiting, one being read."""
+
+    def tensors() -> Iterator[tuple[str, np.ndarray]]:
+        ready: queue.Queue = queue.Queue(maxsize=1)
+        stop = threading.Event()
+
+        def hand_over(item: Any) -> bool:
+            while not stop.is_set():
+                try:
+                    ready.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+
+        def read_ahead() -> None:
+            try:
+                for item in source.tensors():
+                    if not hand_over(item):
+                        return
+                hand_over(_END)
+            except BaseException as error:  # noqa: BLE001 - re-raised in the consuming thread
+                hand_over(_Failure(error))
+
+        reader = threading.Thread(target=read_ahead, name="checkpoint-read-ahead", daemon=True)
+        reader.start()
+        try:
+            while (item := ready.get()) is not _END:
+                if isinstance(item, _Failure):
+                    raise item.error
+                yield item
+        finally:
+            stop.set()
+            reader.join()
+
+    return replace(source, tensors=tensors)
+
+
+_END = object()
+
+
+@dataclass
+class _Failure:
+    error: BaseException
+
+
 def with_progress(source: TensorSource, description: str) -> TensorSource:
     """The same source, showing a tqdm progress bar over the bytes it yields."""
     from tqdm.auto import tqdm
@@ -226,6 +277,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, *, from_for
     source = open_source(src, fmt)
     if dtype is not None:
         source = cast_source(source, dtype_from_name(dtype))
+    source = prefetched(source)
     if progress:
         source = with_progress(source, f"{fmt} -> {to}")
     with staged_output(dst) as staging:
