@@ -21,30 +21,22 @@ from flax import serialization
 
 from llama_flax.generation import GenerationMixin
 from llama_flax.quantization import quantize
-from llama_shared.checkpoint import (DEFAULT_SHARD_SIZE, INDEX_FILE, SINGLE_FILE, Checkpoint, resolve_model_dir,
-                                     write_checkpoint)
+from llama_shared.checkpoint import (DEFAULT_SHARD_SIZE, INDEX_FILE, SINGLE_FILE, Checkpoint, requested_dtype,
+                                     resolve_model_dir, tensor_nbytes, write_checkpoint)
 from llama_shared.config import LlamaConfig
 from llama_shared.errors import CheckpointError
 from llama_shared.generation import GenerationConfig
 from llama_shared.naming import check_shape, checkpoint_key_map, flatten_tree, hf_key, hf_key_order, unflatten_tree
+from llama_shared.progress import byte_progress
 from llama_shared.quantization import QuantizationConfig, checkpoint_metadata, open_for_loading
 
 HEAD_MODULES = ("score", "qa_outputs")
 MSGPACK_FILE = "flax_model.msgpack"
-_JAX_DTYPES = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
 
 def resolve_dtype(dtype: Any, config: LlamaConfig) -> Any:
     """float32 by default; "auto" takes the checkpoint's torch_dtype; names or jnp dtypes otherwise."""
-    if dtype is None:
-        return jnp.float32
-    if dtype == "auto":
-        return _JAX_DTYPES.get(config.torch_dtype or "float32", jnp.float32)
-    if isinstance(dtype, str):
-        if dtype not in _JAX_DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_JAX_DTYPES)} or 'auto'")
-        return _JAX_DTYPES[dtype]
-    return dtype
+    return requested_dtype(dtype, config.torch_dtype)
 
 
 @partial(jax.jit, static_argnames=("module", "static"))
@@ -153,7 +145,9 @@ class FlaxPreTrainedModel(GenerationMixin):
         keys = {path: hf_key(path) for path in shapes}
         key_map = checkpoint_key_map([k for k, _ in keys.values()], checkpoint.keys(), self.base_prefix)
         flat, fresh = {}, []
-        for path, spec in shapes.items():
+        sizes = (((path, spec), tensor_nbytes(checkpoint, key_map[keys[path][0]]) if key_map[keys[path][0]] else 0)
+                 for path, spec in shapes.items())
+        for path, spec in byte_progress(sizes, f"loading {checkpoint.directory}"):
             name, transposed = keys[path]
             source = key_map[name]
             if source is None:

@@ -40,6 +40,21 @@ def dtype_from_name(name: str) -> np.dtype:
     return np.dtype(names[name])
 
 
+def tensor_nbytes(checkpoint: Any, key: str) -> int:
+    """Stored size in bytes of one tensor of a Checkpoint (or any reader with shape() and dtype())."""
+    return int(np.prod(checkpoint.shape(key), dtype=np.int64)) * checkpoint.dtype(key).itemsize
+
+
+def requested_dtype(dtype: Any, config_dtype: str | None) -> Any:
+    """What a from_pretrained dtype argument asks for: None is float32 (as transformers), "auto" the
+    checkpoint's torch_dtype, a name its numpy dtype; a framework dtype object is returned as given."""
+    if dtype is None:
+        return np.dtype(np.float32)
+    if isinstance(dtype, str):
+        return dtype_from_name((config_dtype or "float32") if dtype == "auto" else dtype)
+    return dtype
+
+
 class SafetensorsFile:
     """One .safetensors file, read lazily: tensors are memory-mapped views made on request."""
 

@@ -15,17 +15,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from llama_shared.checkpoint import Checkpoint, resolve_model_dir, write_checkpoint, DEFAULT_SHARD_SIZE
+from llama_shared.checkpoint import (DEFAULT_SHARD_SIZE, Checkpoint, requested_dtype, resolve_model_dir, tensor_nbytes,
+                                     write_checkpoint)
 from llama_shared.config import LlamaConfig
 from llama_shared.errors import CheckpointError
 from llama_shared.generation import GenerationConfig
 from llama_shared.naming import check_shape, checkpoint_key_map
+from llama_shared.progress import byte_progress
 from llama_shared.quantization import QuantizationConfig, checkpoint_metadata, config_quantization, open_for_loading
 from llama_torch.generation import GenerationMixin
 
 HEAD_MODULES = ("score", "qa_outputs")
-_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-                 "float64": torch.float64}
 
 
 def to_torch(array: np.ndarray) -> torch.Tensor:
@@ -46,16 +46,9 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
 
 
 def resolve_dtype(dtype: torch.dtype | str | None, config: LlamaConfig) -> torch.dtype:
-    """float32 by default (as transformers); "auto" takes the checkpoint's torch_dtype."""
-    if dtype is None:
-        return torch.float32
-    if dtype == "auto":
-        return _TORCH_DTYPES.get(config.torch_dtype or "float32", torch.float32)
-    if isinstance(dtype, str):
-        if dtype not in _TORCH_DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_TORCH_DTYPES)} or 'auto'")
-        return _TORCH_DTYPES[dtype]
-    return dtype
+    """float32 by default (as transformers); "auto" takes the checkpoint's torch_dtype; names or torch dtypes."""
+    wanted = requested_dtype(dtype, config.torch_dtype)
+    return getattr(torch, wanted.name) if isinstance(wanted, np.dtype) else wanted
 
 
 class PreTrainedModel(GenerationMixin, nn.Module):
@@ -149,7 +142,8 @@ class PreTrainedModel(GenerationMixin, nn.Module):
         wanted = [k for k in params if k not in tied]
         key_map = checkpoint_key_map(wanted, checkpoint.keys(), self.base_prefix)
         fresh_heads = []
-        for name in wanted:
+        sizes = ((name, tensor_nbytes(checkpoint, key_map[name]) if key_map[name] else 0) for name in wanted)
+        for name in byte_progress(sizes, f"loading {checkpoint.directory}"):
             source = key_map[name]
             if source is None:
                 if name.split(".")[0] in HEAD_MODULES:
