@@ -9,4 +9,4 @@ def test_byte_progress_is_quiet_for_small_work_and_counts_bytes_for_large(capsys
     assert capsys.readouterr().err == ""
     assert list(byte_progress(items, "loading", quiet_below=0)) == ["a", "b"]
     err = capsys.readouterr().err
-    assert "loading" in err and "40.0B/40.0B" in err
+    assert "loading: 100%" in err and "40.0/40.0" in err
