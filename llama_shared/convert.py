@@ -1,7 +1,8 @@
 """Checkpoint conversion between Hugging Face, Flax (Orbax) and Meta's original layout.
 
 Every format is read as a TensorSource, the config plus the tensors under Hugging Face names
-produced one at a time, and every writer consumes one, so a conversion holds about one tensor.
+produced one at a time, and every writer consumes one, so a conversion holds a few tensors (one
+read ahead while the last is written), never the model.
 Output goes into a temporary folder beside the destination that is renamed into place only when
 complete: a failed conversion leaves no partial destination, and the source is only ever read.
 """

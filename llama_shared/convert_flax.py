@@ -5,19 +5,20 @@ flax_model.msgpack is read too.
 Writing streams the tree into one checkpoint with Orbax's partial saves (ocp.partial.save of one
 group of tensors after another, then ocp.partial.finalize), so only one group is in memory; the
 result is an ordinary Orbax checkpoint whose PyTree is the whole parameter tree
-(ocp.load_pytree(folder/params)). Reading restores one group at a time (Orbax partial restore).
+(ocp.v1.load(folder/params)). Reading restores one group at a time (Orbax partial restore).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import numpy as np
 
 from llama_shared.config import LlamaConfig
-from llama_shared.convert import TensorSource, carried_files, write_side_files
+from llama_shared.convert import TensorSource, carried_files, prefetched, write_side_files
 from llama_shared.errors import CheckpointError
 from llama_shared.naming import flatten_tree, flax_path, hf_key, hf_key_order, unflatten_tree
 
@@ -54,7 +55,7 @@ def flax_source(path: str | os.PathLike) -> TensorSource:
              for name, is_transposed, p in entries}
 
     def tensors() -> Iterator[tuple[str, np.ndarray]]:
-        for group in _groups(entries, lambda e: _nbytes(*shapes[e[2]])):
+        for group in _groups(entries, lambda e: _nbytes(*shapes[e[2]]), GROUP_BYTES):
             arrays = read([p for _, _, p in group])
             for name, is_transposed, p in group:
                 array = arrays.pop(p)
@@ -86,7 +87,7 @@ def _nbytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
     return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
 
 
-def _groups(items: Iterable[T], nbytes: Callable[[T], int], limit: int = GROUP_BYTES) -> Iterator[list[T]]:
+def _groups(items: Iterable[T], nbytes: Callable[[T], int], limit: int) -> Iterator[list[T]]:
     """Consecutive runs of items of about limit bytes in all (an item larger than limit alone)."""
     group: list[T] = []
     size = 0
@@ -108,14 +109,16 @@ def _pytree_directory(params: str) -> str:
 
 def _orbax_reader(directory: str) -> tuple[dict, Any]:
     import orbax.checkpoint as ocp
+    from etils import epath
 
-    checkpointer = ocp.PyTreeCheckpointer()
+    # The handler itself, not a Checkpointer: a Checkpointer looks for step metadata that the PyTree
+    # item of a v1 checkpoint does not have (and warns), and adds nothing to a read.
+    handler, folder = ocp.PyTreeCheckpointHandler(), epath.Path(directory)
     try:
-        metadata = checkpointer.metadata(directory)
+        metadata = handler.metadata(folder)
     except Exception as e:  # noqa: BLE001 - Orbax raises several kinds for a missing or corrupt folder
         raise CheckpointError(f"{directory} is not a readable Orbax checkpoint: {e}") from None
-    tree = getattr(metadata, "item_metadata", metadata)
-    leaves = flatten_tree(getattr(tree, "tree", tree))
+    leaves = flatten_tree(getattr(metadata, "tree", metadata))
     shapes = {p: (tuple(m.shape), np.dtype(m.dtype)) for p, m in leaves.items()}
 
     def read(targets: list[tuple[str, ...]]) -> dict[tuple[str, ...], np.ndarray]:
@@ -124,7 +127,7 @@ def _orbax_reader(directory: str) -> tuple[dict, Any]:
         args = unflatten_tree({p: (ocp.RestoreArgs(restore_type=np.ndarray) if p in wanted else ocp.PLACEHOLDER)
                                for p in leaves})
         try:
-            restored = checkpointer.restore(directory, args=ocp.args.PyTreeRestore(item=item, restore_args=args))
+            restored = handler.restore(folder, args=ocp.args.PyTreeRestore(item=item, restore_args=args))
         except Exception as e:  # noqa: BLE001
             names = ", ".join("/".join(p) for p in targets)
             raise CheckpointError(f"could not read {names} from {directory}: {e}") from None
@@ -152,15 +155,22 @@ def write_flax(source: TensorSource, directory: str) -> None:
     from orbax.checkpoint.experimental import v1 as ocp
 
     params = os.path.abspath(os.path.join(directory, PARAMS_DIR))
-    flax_tensors = ((flax_path(key), array) for key, array in source.tensors())
-    # Uncompressed (compression costs CPU time and saves nothing on weights); no defensive copy of
-    # each group, which nothing modifies while it is saved.
-    with ocp.Context(array_options=ocp.options.ArrayOptions(saving=ocp.options.ArrayOptions.Saving(use_compression=False)),
-                     memory_options=ocp.options.MemoryOptions(deepcopy_host_arrays=False)):
-        for group in _groups(flax_tensors, lambda t: t[1].nbytes):
-            ocp.partial.save(params, unflatten_tree({path: (transposed(a) if is_transposed else a)
-                                                     for (path, is_transposed), a in group}))
+    # Kernels are transposed in a thread of their own, overlapping Orbax's writing of the last group.
+    flax_tensors = prefetched(replace(source, tensors=lambda: _flax_layout(source.tensors()))).tensors()
+    context = ocp.Context()
+    context.array.saving.use_compression = False  # costs CPU time and saves nothing on weights
+    context.memory.deepcopy_host_arrays = False  # nothing modifies a group while it is saved
+    with context:
+        for group in _groups(flax_tensors, lambda t: t[1].nbytes, GROUP_BYTES):
+            ocp.partial.save(params, unflatten_tree(dict(group)))
             del group
         ocp.partial.finalize(params)
     source.config.replace(torch_dtype=source.dtype_name).save_pretrained(directory)
     write_side_files(source, directory)
+
+
+def _flax_layout(tensors: Iterator[tuple[str, np.ndarray]]) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
+    """Hugging Face tensors as (Flax tree path, array), kernels transposed to [in, out]."""
+    for key, array in tensors:
+        path, is_transposed = flax_path(key)
+        yield path, (transposed(array) if is_transposed else array)

@@ -293,22 +293,30 @@ def _output_is_embedding(checkpoint: MetaCheckpoint, embedding_dim: int, merged:
     output = [_to_numpy(s["output.weight"]) for s in states]
     for start in range(0, merged["output.weight"][0], block):
         rows = _merged_rows(embedding, embedding_dim, start, start + block)
-        if not np.array_equal(rows, _merged_rows(output, 0, start, start + block)):
+        if not np.array_equal(_bits(rows), _bits(_merged_rows(output, 0, start, start + block))):
             return False
     return True
 
 
+def _bits(array: np.ndarray) -> np.ndarray:
+    """The array's bit patterns as unsigned integers: a copy is bit-identical, and integer equality
+    is faster than bfloat16's (and treats NaN and -0.0 as the bits they are)."""
+    return array.view(f"u{array.dtype.itemsize}")
+
+
 def _merged_rows(pieces: list[np.ndarray], axis: int, start: int, stop: int) -> np.ndarray:
-    """Rows [start, stop) of the tensor that pieces merge into along axis, without merging the rest."""
+    """Rows [start, stop) of the tensor that pieces merge into along axis, without merging the rest
+    (a view, not a copy, when the rows lie in one piece)."""
     if axis == 1:
-        return np.concatenate([p[start:stop] for p in pieces], axis=1)
-    rows, offset = [], 0
-    for piece in pieces:
-        low, high = max(start - offset, 0), min(stop - offset, piece.shape[0])
-        if low < high:
-            rows.append(piece[low:high])
-        offset += piece.shape[0]
-    return np.concatenate(rows, axis=0)
+        rows = [p[start:stop] for p in pieces]
+    else:
+        rows, offset = [], 0
+        for piece in pieces:
+            low, high = max(start - offset, 0), min(stop - offset, piece.shape[0])
+            if low < high:
+                rows.append(piece[low:high])
+            offset += piece.shape[0]
+    return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=axis)
 
 
 def _to_rotate_half(key: str, array: np.ndarray, config: LlamaConfig) -> np.ndarray:

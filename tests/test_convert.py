@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -59,6 +60,27 @@ def test_hf_flax_hf_is_bit_exact(hf_checkpoint, tmp_path, case):
     convert(tmp_path / "flax", tmp_path / "back", "hf", progress=False)
     assert_same_tensors(src, tmp_path / "back")
     assert_same_model_config(src, tmp_path / "back")
+
+
+def test_flax_checkpoint_is_one_orbax_tree_of_transformers_flax_params(hf_checkpoint, tmp_path, monkeypatch):
+    """Written in many partial saves (tiny groups), params/ still restores with plain Orbax as one tree
+    equal to transformers' own Flax parameters, and converts back bit-exactly."""
+    import orbax.checkpoint as ocp
+    import transformers
+
+    from llama_shared import convert_flax
+    from llama_shared.naming import flatten_tree
+
+    monkeypatch.setattr(convert_flax, "GROUP_BYTES", 40_000)
+    src = hf_checkpoint()
+    convert(src, tmp_path / "flax", "flax", progress=False)
+    restored = flatten_tree(ocp.v1.load(tmp_path / "flax" / "params"))
+    expected = flatten_tree(transformers.FlaxLlamaForCausalLM.from_pretrained(src, from_pt=True).params)
+    assert sorted(restored) == sorted(expected)
+    for path, array in expected.items():
+        assert np.array_equal(np.asarray(restored[path]), np.asarray(array)), "/".join(path)
+    convert(tmp_path / "flax", tmp_path / "back", "hf", progress=False)
+    assert_same_tensors(src, tmp_path / "back")
 
 
 @pytest.mark.parametrize("case, num_shards", [
@@ -237,6 +259,30 @@ def test_truncated_safetensors_shard_mid_conversion(hf_checkpoint, tmp_path):
     (sharded / last).write_bytes((sharded / last).read_bytes()[:-100])
     for to in ("hf", "meta", "flax"):
         assert_fails_cleanly(sharded, tmp_path / f"out-{to}", to, f"{last} is truncated")
+
+
+def test_read_ahead_keeps_order_and_reraises_in_the_consumer(hf_checkpoint):
+    import threading
+
+    from llama_shared.convert import hf_source, prefetched
+
+    source = hf_source(hf_checkpoint())
+    assert [k for k, _ in prefetched(source).tensors()] == list(source.specs)
+
+    def failing():
+        yield from list(source.tensors())[:2]
+        raise CheckpointError("disk gone")
+
+    threads = threading.active_count()
+    seen = []
+    with pytest.raises(CheckpointError, match="disk gone"):
+        for key, _ in prefetched(replace(source, tensors=failing)).tensors():
+            seen.append(key)
+    assert seen == list(source.specs)[:2]
+    early = prefetched(source).tensors()
+    next(early)
+    early.close()
+    assert threading.active_count() == threads
 
 
 def test_destination_inside_source(hf_checkpoint, tmp_path):
