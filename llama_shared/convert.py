@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import ml_dtypes
 import numpy as np
@@ -35,6 +35,7 @@ CARRIED_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "
 FLOAT_DTYPES = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64, ml_dtypes.bfloat16))
 
 Specs = dict[str, tuple[tuple[int, ...], np.dtype]]
+T = TypeVar("T")
 
 
 @dataclass
@@ -149,44 +150,46 @@ def cast_source(source: TensorSource, dtype: np.dtype) -> TensorSource:
 
 
 def prefetched(source: TensorSource) -> TensorSource:
-    """The same source read one tensor ahead by a background thread, so that reading the next tensor
-    from disk overlaps transforming and writing this one (file reads and numpy copies release the
-    GIL). At most three tensors are alive: the one in use, one waiting, one being read."""
+    """The same source read one tensor ahead by a background thread (see read_ahead)."""
+    return replace(source, tensors=lambda: read_ahead(source.tensors))
 
-    def tensors() -> Iterator[tuple[str, np.ndarray]]:
-        ready: queue.Queue = queue.Queue(maxsize=1)
-        stop = threading.Event()
 
-        def hand_over(item: Any) -> bool:
-            while not stop.is_set():
-                try:
-                    ready.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    pass
-            return False
+def read_ahead(items: Callable[[], Iterator[T]]) -> Iterator[T]:
+    """The items of items() produced one ahead by a background thread, so that reading the next
+    tensor overlaps transforming and writing this one (file reads and numpy copies release the GIL).
+    At most three items are alive: the one in use, one waiting, one being produced. An error in the
+    thread is raised here; closing this iterator stops the thread."""
+    ready: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
 
-        def read_ahead() -> None:
+    def hand_over(item: Any) -> bool:
+        while not stop.is_set():
             try:
-                for item in source.tensors():
-                    if not hand_over(item):
-                        return
-                hand_over(_END)
-            except BaseException as error:  # noqa: BLE001 - re-raised in the consuming thread
-                hand_over(_Failure(error))
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
 
-        reader = threading.Thread(target=read_ahead, name="checkpoint-read-ahead", daemon=True)
-        reader.start()
+    def produce() -> None:
         try:
-            while (item := ready.get()) is not _END:
-                if isinstance(item, _Failure):
-                    raise item.error
-                yield item
-        finally:
-            stop.set()
-            reader.join()
+            for item in items():
+                if not hand_over(item):
+                    return
+            hand_over(_END)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the consuming thread
+            hand_over(_Failure(error))
 
-    return replace(source, tensors=tensors)
+    producer = threading.Thread(target=produce, name="checkpoint-read-ahead", daemon=True)
+    producer.start()
+    try:
+        while (item := ready.get()) is not _END:
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        producer.join()
 
 
 _END = object()

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
 from typing import Any, TypeVar
 
 import numpy as np
 
 from llama_shared.config import LlamaConfig
-from llama_shared.convert import TensorSource, carried_files, prefetched, write_side_files
+from llama_shared.convert import TensorSource, carried_files, read_ahead, write_side_files
 from llama_shared.errors import CheckpointError
 from llama_shared.naming import flatten_tree, flax_path, hf_key, hf_key_order, unflatten_tree
 
@@ -156,7 +155,7 @@ def write_flax(source: TensorSource, directory: str) -> None:
 
     params = os.path.abspath(os.path.join(directory, PARAMS_DIR))
     # Kernels are transposed in a thread of their own, overlapping Orbax's writing of the last group.
-    flax_tensors = prefetched(replace(source, tensors=lambda: _flax_layout(source.tensors()))).tensors()
+    flax_tensors = read_ahead(lambda: _flax_layout(source.tensors()))
     context = ocp.Context()
     context.array.saving.use_compression = False  # costs CPU time and saves nothing on weights
     context.memory.deepcopy_host_arrays = False  # nothing modifies a group while it is saved
