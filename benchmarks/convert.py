@@ -3,7 +3,8 @@ read speed against the disk's sequential read speed measured in the same run.
 
 The checkpoint has Llama-3.2-1B's shapes (1.24B parameters, bfloat16, tied embeddings) with random
 values, written by the streaming safetensors writer. Before every timed read the files' page cache
-is dropped (fsync, then posix_fadvise DONTNEED), so each read comes from the disk. The disk's
+is dropped (fsync, then posix_fadvise DONTNEED), so each read comes from the disk, and all dirty
+pages are written back (os.sync), so no measurement pays for the previous one's writing. The disk's
 sequential speed is a plain 16 MB-block read of a file of the checkpoint's size; the copy
 reference reads that file and writes a copy of it the same way, the least any conversion must do.
 A conversion's read speed is the bytes it reads over its whole wall time (writing included), so
@@ -99,6 +100,12 @@ def size_of(folder: str) -> int:
     return sum(os.path.getsize(p) for p in files_under(folder))
 
 
+def start_cold(path: str) -> None:
+    """Drop path's page cache and write back every dirty page on the machine."""
+    drop_page_cache(path)
+    os.sync()
+
+
 def disk_read_speed(path: str, size: int) -> float:
     """Bytes per second of a 16 MB-block sequential read of a fresh file of the given size."""
     if not os.path.exists(path) or os.path.getsize(path) != size:
@@ -107,7 +114,7 @@ def disk_read_speed(path: str, size: int) -> float:
             for _ in range(size // BLOCK):
                 f.write(chunk)
             f.write(chunk[:size % BLOCK])
-    drop_page_cache(path)
+    start_cold(path)
     buffer = bytearray(BLOCK)
     start = time.perf_counter()
     with open(path, "rb", buffering=0) as f:
@@ -118,7 +125,7 @@ def disk_read_speed(path: str, size: int) -> float:
 
 def disk_copy_speed(path: str, size: int) -> float:
     """Bytes per second of a 16 MB-block read of the reference file written to a new file beside it."""
-    drop_page_cache(path)
+    start_cold(path)
     copy = path + ".copy"
     buffer = bytearray(BLOCK)
     start = time.perf_counter()
@@ -132,7 +139,7 @@ def disk_copy_speed(path: str, size: int) -> float:
 
 def timed_conversion(src: str, dst: str, to: str, num_shards: int = 1) -> dict:
     shutil.rmtree(dst, ignore_errors=True)
-    drop_page_cache(src)
+    start_cold(src)
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
            "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", CHILD, src, dst, to, str(num_shards)], env=env, check=True,
