@@ -2,8 +2,8 @@
 FlaxLlamaForCausalLM holds it (transformers' Flax paths, kernels [in, out]); transformers'
 flax_model.msgpack is read too.
 
-Writing streams the tree into one checkpoint with Orbax's partial saves (ocp.partial.save of one
-group of tensors after another, then ocp.partial.finalize), so only one group is in memory; the
+Writing streams the tree into one checkpoint with Orbax v1's partial saves (ocp.v1.partial.save of
+one group of tensors after another, then ocp.v1.partial.finalize), so only one group is in memory; the
 result is an ordinary Orbax checkpoint whose PyTree is the whole parameter tree
 (ocp.v1.load(folder/params)). Reading restores one group at a time (Orbax partial restore).
 """
