@@ -125,6 +125,9 @@ class _TensorsInMemory:
     def shape(self, key: str) -> tuple[int, ...]:
         return self._tensors[key].shape
 
+    def dtype(self, key: str) -> np.dtype:
+        return self._tensors[key].dtype
+
     def read(self, key: str) -> np.ndarray:
         return self._tensors[key]
 
