@@ -4,7 +4,7 @@ Both twins decode greedily with their own generate() from a 32-token prompt on r
 Every figure is a ratio to the float model of the same twin and compute dtype, measured in this
 process (best of PASSES passes, because the development machine's second core comes and goes).
 
-    python benchmarks/quant.py            # SIZE=small (default) or SIZE=tiny
+    python -m benchmarks.quant            # SIZE=small (default) or SIZE=tiny
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Batch-encode 10k short texts with llama-twin's tokenizers and with transformers' fast tokenizers
 in the same run; print each time and the speed ratio (reference time / ours, goal >= 1.0).
 
-Run: python benchmarks/tokenize.py [--texts 10000] [--repeats 5]
+Run: python -m benchmarks.tokenize [--texts 10000] [--repeats 5]
 """
 
 from __future__ import annotations

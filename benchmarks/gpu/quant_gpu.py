@@ -5,7 +5,7 @@ their own generate() from a 32-token prompt, 128 new tokens. Prints tokens/s, th
 bf16 model of the same twin, and model-bandwidth utilisation against 3.0 TB/s (anchors.md). Run
 beside the anchor scripts in the same call. SIZE=tiny dry-runs the same code on the CPU.
 
-    SIZE=7b python -P benchmarks/gpu/quant_gpu.py      # SIZE=tiny for a CPU dry run
+    SIZE=7b python -m benchmarks.gpu.quant_gpu         # SIZE=tiny for a CPU dry run
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ Stages, each guarded and inside a global deadline:
   bf16_master32 bf16 compute, float32 master params and moments
   bf16_dots     bf16 params, remat dots_saveable (what to use if the first runs out of memory)
 
-    python3 benchmarks/gpu/train_gpu.py            # SIZE=tiny for a CPU dry run; ONLY=bf16,... to pick stages
+    python3 -m benchmarks.gpu.train_gpu            # SIZE=tiny for a CPU dry run; ONLY=bf16,... to pick stages
 """
 
 from __future__ import annotations
