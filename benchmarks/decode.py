@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from benchmarks.timing import best_time, interleaved_best_times
+
 SIZES = {
     "small": dict(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=12,
                   num_attention_heads=16, num_key_value_heads=8),
@@ -28,26 +30,6 @@ SIZES = {
 }
 IMPLEMENTATIONS = ("twin_flax", "twin_torch", "hf_flax_jit", "hf_torch_dynamic", "hf_torch_static",
                    "hf_torch_static_compile")
-
-
-def best_time(fn, passes: int) -> float:
-    """Minimum wall time of fn() over passes runs (the machine's noise only ever adds time)."""
-    times = []
-    for _ in range(passes):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def interleaved_best_times(runners: dict, passes: int) -> dict[str, float]:
-    """Best wall time of each runner, passes taken round-robin so that every implementation meets
-    the same spells of load on a shared machine."""
-    best = {name: float("inf") for name in runners}
-    for _ in range(passes):
-        for name, run in runners.items():
-            best[name] = min(best[name], best_time(run, 1))
-    return best
 
 
 def read_bandwidth(passes: int) -> float:

@@ -18,15 +18,7 @@ import time
 
 import numpy as np
 
-
-def best_time(fn, passes: int) -> float:
-    """Minimum wall time of fn() over passes runs (the machine's noise only ever adds time)."""
-    times = []
-    for _ in range(passes):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from benchmarks.timing import interleaved_best_times
 
 
 def main() -> None:
@@ -77,12 +69,8 @@ def main() -> None:
     np.testing.assert_allclose(run_torch().numpy(), run_reference().numpy(), atol=1e-4)
     np.testing.assert_allclose(np.asarray(run_flax()), run_reference().numpy(), atol=1e-4)
 
-    # Interleave the passes so a slow spell of the machine hits every implementation alike.
-    times = {"transformers_torch": [], "llama_twin_torch": [], "llama_twin_flax": []}
-    for _ in range(args.passes):
-        for name, fn in zip(times, (run_reference, run_torch, run_flax)):
-            times[name].append(best_time(fn, 1))
-    best = {name: min(values) for name, values in times.items()}
+    runners = {"transformers_torch": run_reference, "llama_twin_torch": run_torch, "llama_twin_flax": run_flax}
+    best = interleaved_best_times(runners, args.passes)
     result = {
         "machine": platform.processor() or platform.machine(), "threads": args.threads,
         "versions": {"torch": torch.__version__, "jax": jax.__version__, "transformers": transformers.__version__},

@@ -16,6 +16,8 @@ import time
 
 import numpy as np
 
+from benchmarks.timing import best_time
+
 SIZE = os.environ.get("SIZE", "7b")
 SHAPES = {
     "7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
@@ -34,15 +36,6 @@ def config():
     return LlamaConfig(**SHAPES[SIZE], pad_token_id=0, bos_token_id=1, eos_token_id=2, initializer_range=0.02)
 
 
-def best(fn, passes: int = 3) -> float:
-    times = []
-    for _ in range(passes):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def run_flax() -> dict:
     import jax
     import jax.numpy as jnp
@@ -56,14 +49,14 @@ def run_flax() -> dict:
     ids = jnp.asarray(np.random.default_rng(0).integers(3, 32000, (1, PREFILL)), jnp.int32)
     forward = jax.jit(lambda params, ids: model.module.apply({"params": params}, ids, logits_to_keep=1).logits)
     jax.block_until_ready(forward(model.params, ids))
-    seconds = best(lambda: jax.block_until_ready(forward(model.params, ids)))
+    seconds = best_time(lambda: jax.block_until_ready(forward(model.params, ids)))
     results["prefill"] = {"s": round(seconds, 4), "tok_s": round(PREFILL / seconds)}
     for batch in BATCHES:
         prompt = np.random.default_rng(batch).integers(3, 32000, (batch, PROMPT))
         stats = {}
         model.generate(prompt, max_new_tokens=NEW, eos_token_id=[], stats=stats)
         compile_s = stats["compile_s"]
-        seconds = best(lambda: np.asarray(model.generate(prompt, max_new_tokens=NEW, eos_token_id=[])))
+        seconds = best_time(lambda: np.asarray(model.generate(prompt, max_new_tokens=NEW, eos_token_id=[])))
         results[f"decode_b{batch}"] = {"s": round(seconds, 4), "tok_s_per_seq": round(NEW / seconds, 1),
                                        "tok_s_total": round(batch * NEW / seconds, 1), "compile_s": round(compile_s, 1)}
         print(f"flax batch {batch}: {results[f'decode_b{batch}']}", flush=True)
@@ -90,7 +83,7 @@ def run_torch() -> dict:
     with torch.inference_mode():
         model(ids, logits_to_keep=1)
         sync()
-        seconds = best(lambda: (model(ids, logits_to_keep=1), sync()))
+        seconds = best_time(lambda: (model(ids, logits_to_keep=1), sync()))
     results["prefill"] = {"s": round(seconds, 4), "tok_s": round(PREFILL / seconds)}
     for compiled in ((False, True) if device == "cuda" else (False,)):
         for batch in BATCHES:
@@ -99,7 +92,7 @@ def run_torch() -> dict:
             model.generate(prompt, max_new_tokens=NEW, eos_token_id=[], compile=compiled)
             sync()
             warmup = time.perf_counter() - began
-            seconds = best(lambda: (model.generate(prompt, max_new_tokens=NEW, eos_token_id=[], compile=compiled),
+            seconds = best_time(lambda: (model.generate(prompt, max_new_tokens=NEW, eos_token_id=[], compile=compiled),
                                     sync()))
             name = f"decode_b{batch}" + ("_compiled" if compiled else "_eager")
             results[name] = {"s": round(seconds, 4), "tok_s_per_seq": round(NEW / seconds, 1),
