@@ -14,6 +14,7 @@ import sys
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
+DEFAULT_MAX_NEW_TOKENS = 256  # transformers' text-generation pipeline default
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompts", nargs="*", metavar="PROMPT", help="prompts (default: one per line of stdin)")
@@ -23,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quantize", choices=("int8", "int4"), help="weight-only quantization applied as it loads")
     parser.add_argument("--chat", action="store_true", help="wrap each prompt as a user message in the chat template")
     parser.add_argument("--system", help="system message for --chat")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="default: 256")
+    parser.add_argument("--max-new-tokens", type=int, help=f"default: the model's generation_config.json, "
+                        f"else {DEFAULT_MAX_NEW_TOKENS}")
     parser.add_argument("--min-new-tokens", type=int)
     parser.add_argument("--do-sample", action="store_true", default=None, help="sample (default: the model's "
                         "generation_config.json, else greedy)")
@@ -48,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         model, tokenizer = _load(args)
-        sampling = dict(max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
+        max_new_tokens = args.max_new_tokens or model.generation_defaults().max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+        sampling = dict(max_new_tokens=max_new_tokens, min_new_tokens=args.min_new_tokens,
                         do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                         min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
         for prompt in prompts:

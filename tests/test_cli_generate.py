@@ -61,3 +61,16 @@ def test_no_model_uses_the_demo_model_or_says_why(capsys, monkeypatch):
     monkeypatch.setattr(demo, "demo_model_dir", missing)
     assert main(["generate", "hello"]) == 1
     assert "demo model" in capsys.readouterr().err
+
+
+def test_without_max_new_tokens_the_models_generation_config_decides(capsys):
+    """The demo model's generation_config.json asks for 48 new tokens; the CLI honours it."""
+    import json
+
+    from llama_shared.demo import demo_model_dir
+
+    wanted = json.load(open(f"{demo_model_dir()}/generation_config.json"))["max_new_tokens"]
+    assert main(["generate", "--backend", "torch", "--greedy", "--min-new-tokens", str(wanted),
+                 "Once upon a time"]) == 0
+    match = CLOSING.search(capsys.readouterr().err)
+    assert match and int(match.group(1)) == wanted
