@@ -30,7 +30,8 @@ from llama_shared.config import LlamaConfig
 from llama_shared.convert import TensorSource, carried_files, write_side_files
 from llama_shared.errors import CheckpointError
 from llama_shared.naming import (LLAMA3_MIN_VOCAB, hf_key_from_meta, interleaved_from_rotate_half, is_ignored_key,
-                                 meta_key, meta_split_dim, rotate_half_from_interleaved)
+                                 meta_key, meta_split_dim, rotary_rows_heads,
+                                 rotate_half_from_interleaved)
 
 PARAMS_FILE = "params.json"
 TOKENIZER_FILE = "tokenizer.model"
@@ -320,11 +321,8 @@ def _merged_rows(pieces: list[np.ndarray], axis: int, start: int, stop: int) -> 
 
 
 def _to_rotate_half(key: str, array: np.ndarray, config: LlamaConfig) -> np.ndarray:
-    if key.endswith("attention.wq.weight"):
-        return rotate_half_from_interleaved(array, config.num_attention_heads)
-    if key.endswith("attention.wk.weight"):
-        return rotate_half_from_interleaved(array, config.num_key_value_heads)
-    return array
+    heads = rotary_rows_heads(key, config.num_attention_heads, config.num_key_value_heads)
+    return array if heads is None else rotate_half_from_interleaved(array, heads)
 
 
 def _to_numpy(tensor: Any) -> np.ndarray:
@@ -406,11 +404,8 @@ def write_meta(source: TensorSource, directory: str, num_shards: int = 1) -> Non
 
 
 def _to_interleaved(key: str, array: np.ndarray, config: LlamaConfig) -> np.ndarray:
-    if key.endswith("attention.wq.weight"):
-        return interleaved_from_rotate_half(array, config.num_attention_heads)
-    if key.endswith("attention.wk.weight"):
-        return interleaved_from_rotate_half(array, config.num_key_value_heads)
-    return array
+    heads = rotary_rows_heads(key, config.num_attention_heads, config.num_key_value_heads)
+    return array if heads is None else interleaved_from_rotate_half(array, heads)
 
 
 def _shard_specs(specs: dict[str, tuple[tuple[int, ...], np.dtype]], rank: int, num_shards: int,

@@ -153,6 +153,16 @@ def hf_key_from_meta(key: str) -> str:
     raise CheckpointError(f"tensor {key!r} is not a known Meta Llama parameter")
 
 
+def rotary_rows_heads(meta_name: str, num_heads: int, num_kv_heads: int) -> int | None:
+    """The head count by which a Meta tensor's rows are permuted between the two RoPE layouts:
+    num_heads for wq, num_kv_heads for wk (the GQA pitfall), None for every other tensor."""
+    if meta_name.endswith("attention.wq.weight"):
+        return num_heads
+    if meta_name.endswith("attention.wk.weight"):
+        return num_kv_heads
+    return None
+
+
 def rotate_half_from_interleaved(w: np.ndarray, num_heads: int) -> np.ndarray:
     """Permute q/k rows (or a bias) from Meta's interleaved pairs to rotate_half halves, per head.
 
