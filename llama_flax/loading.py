@@ -39,6 +39,11 @@ def resolve_dtype(dtype: Any, config: LlamaConfig) -> Any:
     return requested_dtype(dtype, config.torch_dtype)
 
 
+@partial(jax.jit, static_argnames=("shape", "dtype", "std"))
+def _normal(key: jax.Array, shape: tuple[int, ...], dtype: Any, std: float) -> jax.Array:
+    return (jax.random.normal(key, shape, jnp.float32) * std).astype(dtype)
+
+
 @partial(jax.jit, static_argnames=("module", "static"))
 def _apply(module: Any, params: Any, arrays: dict[str, Any], static: tuple[tuple[str, Any], ...]) -> Any:
     return module.apply({"params": params}, **arrays, **dict(static))
@@ -59,9 +64,13 @@ class FlaxPreTrainedModel(GenerationMixin):
         self.params = params if params is not None else self.init_params(jax.random.PRNGKey(seed))
 
     def init_params(self, rng: jax.Array) -> Any:
-        """Random parameters (normal(0, initializer_range) weights, unit norms, zero biases)."""
-        ids = jnp.zeros((1, 1), jnp.int32)
-        return jax.jit(lambda key: self.module.init(key, ids)["params"])(rng)
+        """Random parameters (normal(0, initializer_range) weights, unit norms, zero biases), drawn one
+        tensor at a time: compiling module.init whole takes over a minute for 32 layers on a GPU, while
+        one small program per distinct shape compiles in seconds."""
+        shapes = self.param_shapes()
+        keys = jax.random.split(rng, len(shapes))
+        return unflatten_tree({path: self._random_param(path, spec, key)
+                               for (path, spec), key in zip(shapes.items(), keys)})
 
     def param_shapes(self) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
         """Flat {path: shape/dtype} of the params, without allocating them."""
@@ -86,9 +95,12 @@ class FlaxPreTrainedModel(GenerationMixin):
 
     def check_token_ids(self, input_ids: Any) -> None:
         """Raise if a token id is outside [0, vocab_size) (checked on the host before any jit)."""
-        if isinstance(input_ids, jax.core.Tracer) or np.size(input_ids) == 0:
+        try:
+            ids = np.asarray(input_ids)
+        except jax.errors.TracerArrayConversionError:
             return
-        ids = np.asarray(input_ids)
+        if ids.size == 0:
+            return
         low, high = int(ids.min()), int(ids.max())
         if low < 0 or high >= self.config.vocab_size:
             bad = low if low < 0 else high
@@ -153,7 +165,7 @@ class FlaxPreTrainedModel(GenerationMixin):
             if source is None:
                 if path[0] in HEAD_MODULES:
                     fresh.append(name)
-                    flat[path] = self._fresh_head_param(path, spec)
+                    flat[path] = self._random_param(path, spec, jax.random.PRNGKey(len(fresh)))
                     continue
                 raise CheckpointError(f"tensor {name!r} is missing from the checkpoint at {checkpoint.directory}")
             expected = tuple(reversed(spec.shape)) if transposed else spec.shape
@@ -164,11 +176,12 @@ class FlaxPreTrainedModel(GenerationMixin):
                           stacklevel=3)
         return unflatten_tree(flat)
 
-    def _fresh_head_param(self, path: tuple[str, ...], spec: jax.ShapeDtypeStruct) -> jax.Array:
-        if path[-1] == "kernel":
-            key = jax.random.PRNGKey(abs(hash(path)) % 2**31)
-            return (jax.random.normal(key, spec.shape) * self.config.initializer_range).astype(self.param_dtype)
-        return jnp.zeros(spec.shape, self.param_dtype)
+    def _random_param(self, path: tuple[str, ...], spec: jax.ShapeDtypeStruct, key: jax.Array) -> jax.Array:
+        """One parameter as the module's initialisers draw it: kernels and embeddings normal, RMSNorm
+        weights one, biases zero."""
+        if path[-1] in ("kernel", "embedding"):
+            return _normal(key, spec.shape, spec.dtype, self.config.initializer_range)
+        return (jnp.ones if path[-1] == "weight" else jnp.zeros)(spec.shape, spec.dtype)
 
     def _params_from_msgpack(self, path: str) -> Any:
         with open(path, "rb") as f:

@@ -176,6 +176,17 @@ def test_cached_steps_equal_uncached_forward_flax(all_variants):
                                 jnp.array([slot]), cache_mask, cache)
 
 
+def test_compiled_decode_step_gives_the_eager_ids(models):
+    """generate(compile=True) captures the decode step with torch.compile (fullgraph: a graph break
+    fails) over a reused static cache; on the CPU it must reproduce the eager ids, left padding included."""
+    _, torch_model, _ = models
+    ids, mask = left_padded_batch([4, 9])
+    eager = torch_model.generate(ids, mask, max_new_tokens=12, eos_token_id=[], compile=False)
+    for _ in range(2):  # the second call reuses the compiled step and its cache
+        compiled = torch_model.generate(ids, mask, max_new_tokens=12, eos_token_id=[], compile=True)
+        torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+
+
 def test_same_bucket_compiles_once(models):
     _, _, model = models
     for length in (3, 5, 11):

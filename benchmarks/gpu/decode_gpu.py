@@ -19,6 +19,8 @@ import numpy as np
 from benchmarks.timing import best_time
 
 SIZE = os.environ.get("SIZE", "7b")
+DEADLINE = time.time() + float(os.environ.get("DEADLINE_S", "1e9"))
+OUT = os.environ.get("OUT", "/tmp")
 SHAPES = {
     "7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096),
@@ -36,7 +38,12 @@ def config():
     return LlamaConfig(**SHAPES[SIZE], pad_token_id=0, bos_token_id=1, eos_token_id=2, initializer_range=0.02)
 
 
-def run_flax() -> dict:
+def decode_entry(batch: int, seconds: float, warmup_s: float) -> dict:
+    return {"s": round(seconds, 4), "tok_s_per_seq": round(NEW / seconds, 1),
+            "tok_s_total": round(batch * NEW / seconds, 1), "warmup_s": round(warmup_s, 1)}
+
+
+def run_flax(results: dict) -> None:
     import jax
     import jax.numpy as jnp
 
@@ -44,26 +51,26 @@ def run_flax() -> dict:
 
     dtype = jnp.bfloat16 if SIZE == "7b" else jnp.float32
     model = FlaxLlamaForCausalLM(config(), dtype=dtype, param_dtype=dtype)
-    results = {"device": str(jax.devices()[0]), "jax": jax.__version__,
-               "params": int(sum(x.size for x in jax.tree_util.tree_leaves(model.params)))}
+    results.update(device=str(jax.devices()[0]), jax=jax.__version__,
+                   params=int(sum(x.size for x in jax.tree_util.tree_leaves(model.params))))
+    for batch in BATCHES:
+        if time.time() > DEADLINE - 40:
+            print(f"flax: skipped batch {batch} (deadline)", flush=True)
+            continue
+        prompt = np.random.default_rng(batch).integers(3, 32000, (batch, PROMPT))
+        began = time.perf_counter()
+        model.generate(prompt, max_new_tokens=NEW, eos_token_id=[])
+        warmup = time.perf_counter() - began
+        seconds = best_time(lambda: np.asarray(model.generate(prompt, max_new_tokens=NEW, eos_token_id=[])))
+        record(results, f"decode_b{batch}", decode_entry(batch, seconds, warmup))
     ids = jnp.asarray(np.random.default_rng(0).integers(3, 32000, (1, PREFILL)), jnp.int32)
     forward = jax.jit(lambda params, ids: model.module.apply({"params": params}, ids, logits_to_keep=1).logits)
     jax.block_until_ready(forward(model.params, ids))
     seconds = best_time(lambda: jax.block_until_ready(forward(model.params, ids)))
-    results["prefill"] = {"s": round(seconds, 4), "tok_s": round(PREFILL / seconds)}
-    for batch in BATCHES:
-        prompt = np.random.default_rng(batch).integers(3, 32000, (batch, PROMPT))
-        stats = {}
-        model.generate(prompt, max_new_tokens=NEW, eos_token_id=[], stats=stats)
-        compile_s = stats["compile_s"]
-        seconds = best_time(lambda: np.asarray(model.generate(prompt, max_new_tokens=NEW, eos_token_id=[])))
-        results[f"decode_b{batch}"] = {"s": round(seconds, 4), "tok_s_per_seq": round(NEW / seconds, 1),
-                                       "tok_s_total": round(batch * NEW / seconds, 1), "compile_s": round(compile_s, 1)}
-        print(f"flax batch {batch}: {results[f'decode_b{batch}']}", flush=True)
-    return results
+    record(results, "prefill", {"s": round(seconds, 4), "tok_s": round(PREFILL / seconds)})
 
 
-def run_torch() -> dict:
+def run_torch(results: dict) -> None:
     import torch
 
     from llama_torch import LlamaForCausalLM
@@ -77,28 +84,36 @@ def run_torch() -> dict:
     model.tie_weights()
     model.eval()
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
-               "params": sum(p.numel() for p in model.parameters())}
+    results.update(device=torch.cuda.get_device_name() if device == "cuda" else "cpu", torch=torch.__version__,
+                   params=sum(p.numel() for p in model.parameters()))
+    # Batch 1 first, eager then compiled (the issue's goals), then batch 16 while time allows.
+    runs = [(False, BATCHES[0]), (True, BATCHES[0]), (True, BATCHES[1]), (False, BATCHES[1])]
+    for compiled, batch in runs:
+        name = f"decode_b{batch}_" + ("compiled" if compiled else "eager")
+        if (compiled and device != "cuda") or time.time() > DEADLINE - 45:
+            continue
+        prompt = torch.randint(3, 32000, (batch, PROMPT))
+        began = time.perf_counter()
+        model.generate(prompt, max_new_tokens=NEW, eos_token_id=[], compile=compiled)
+        sync()
+        warmup = time.perf_counter() - began
+        seconds = best_time(lambda: (model.generate(prompt, max_new_tokens=NEW, eos_token_id=[], compile=compiled),
+                                     sync()))
+        record(results, name, decode_entry(batch, seconds, warmup))
     ids = torch.randint(3, 32000, (1, PREFILL), device=device)
     with torch.inference_mode():
         model(ids, logits_to_keep=1)
         sync()
         seconds = best_time(lambda: (model(ids, logits_to_keep=1), sync()))
-    results["prefill"] = {"s": round(seconds, 4), "tok_s": round(PREFILL / seconds)}
-    for compiled in ((False, True) if device == "cuda" else (False,)):
-        for batch in BATCHES:
-            prompt = torch.randint(3, 32000, (batch, PROMPT))
-            began = time.perf_counter()
-            model.generate(prompt, max_new_tokens=NEW, eos_token_id=[], compile=compiled)
-            sync()
-            warmup = time.perf_counter() - began
-            seconds = best_time(lambda: (model.generate(prompt, max_new_tokens=NEW, eos_token_id=[], compile=compiled),
-                                    sync()))
-            name = f"decode_b{batch}" + ("_compiled" if compiled else "_eager")
-            results[name] = {"s": round(seconds, 4), "tok_s_per_seq": round(NEW / seconds, 1),
-                             "tok_s_total": round(batch * NEW / seconds, 1), "warmup_s": round(warmup, 1)}
-            print(f"torch {name}: {results[name]}", flush=True)
-    return results
+    record(results, "prefill", {"s": round(seconds, 4), "tok_s": round(PREFILL / seconds)})
+
+
+def record(results: dict, name: str, entry: dict) -> None:
+    """Print one stage and rewrite the JSON at once, so a run stopped by its deadline keeps what it measured."""
+    results[name] = entry
+    print(f"{results['backend']} {name}: {entry}", flush=True)
+    with open(os.path.join(OUT, f"twin_{results['backend']}.json"), "w") as f:
+        json.dump(results, f, indent=1)
 
 
 def main() -> None:
@@ -106,16 +121,12 @@ def main() -> None:
     parser.add_argument("--backend", choices=("flax", "torch"), required=True)
     args = parser.parse_args()
     began = time.time()
-    results = {"size": SIZE, "prefill_tokens": PREFILL, "prompt": PROMPT, "new_tokens": NEW}
+    results = {"backend": args.backend, "size": SIZE, "prefill_tokens": PREFILL, "prompt": PROMPT, "new_tokens": NEW}
     try:
-        results.update(run_flax() if args.backend == "flax" else run_torch())
+        (run_flax if args.backend == "flax" else run_torch)(results)
     except Exception as e:  # noqa: BLE001 - the JSON must record a failure, and the next stage still run
-        results["error"] = repr(e)[:500]
-        print(f"[fail] {args.backend}: {e!r}", flush=True)
-    results["total_s"] = round(time.time() - began, 1)
-    print("RESULTS_JSON", json.dumps(results), flush=True)
-    with open(os.path.join(os.environ.get("OUT", "/tmp"), f"twin_{args.backend}.json"), "w") as f:
-        json.dump(results, f, indent=1)
+        record(results, "error", repr(e)[:500])
+    record(results, "total_s", round(time.time() - began, 1))
 
 
 if __name__ == "__main__":
