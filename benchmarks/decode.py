@@ -28,8 +28,8 @@ SIZES = {
     "tiny": dict(vocab_size=32000, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
                  num_attention_heads=8, num_key_value_heads=4),
 }
-IMPLEMENTATIONS = ("twin_flax", "twin_torch", "hf_flax_jit", "hf_torch_dynamic", "hf_torch_static",
-                   "hf_torch_static_compile")
+IMPLEMENTATIONS = ("twin_flax", "twin_torch", "twin_torch_compiled", "hf_flax_jit", "hf_torch_dynamic",
+                   "hf_torch_static", "hf_torch_static_compile")
 
 
 def read_bandwidth(passes: int) -> float:
@@ -76,7 +76,8 @@ def main() -> None:
     folder = tempfile.mkdtemp(prefix="decode-bench-")
     hf.save_pretrained(folder)
     weight_bytes = sum(p.numel() * p.element_size() for n, p in hf.named_parameters() if "embed_tokens" not in n)
-    twin_torch = LlamaForCausalLM.from_pretrained(folder) if "twin_torch" in chosen else None
+    wants_torch_twin = {"twin_torch", "twin_torch_compiled"} & set(chosen)
+    twin_torch = LlamaForCausalLM.from_pretrained(folder) if wants_torch_twin else None
     twin_flax = FlaxLlamaForCausalLM.from_pretrained(folder) if {"twin_flax", "hf_flax_jit"} & set(chosen) else None
 
     bandwidth = read_bandwidth(args.passes)
@@ -99,6 +100,9 @@ def main() -> None:
             runners["twin_flax"] = lambda: np.asarray(twin_flax.generate(ids, max_new_tokens=new, eos_token_id=[]))
         if "twin_torch" in chosen:
             runners["twin_torch"] = lambda: twin_torch.generate(ids_torch, max_new_tokens=new, eos_token_id=[])
+        if "twin_torch_compiled" in chosen:
+            runners["twin_torch_compiled"] = lambda: twin_torch.generate(ids_torch, max_new_tokens=new,
+                                                                         eos_token_id=[], compile=True)
         if "hf_flax_jit" in chosen:
             hf_flax = transformers.FlaxLlamaForCausalLM(config, _do_init=False)
             hf_generate = jax.jit(lambda params, prompt: hf_flax.generate(

@@ -176,15 +176,28 @@ def test_cached_steps_equal_uncached_forward_flax(all_variants):
                                 jnp.array([slot]), cache_mask, cache)
 
 
-def test_compiled_decode_step_gives_the_eager_ids(models):
+def test_compiled_decode_step_gives_the_eager_ids_and_follows_weight_changes(models):
     """generate(compile=True) captures the decode step with torch.compile (fullgraph: a graph break
-    fails) over a reused static cache; on the CPU it must reproduce the eager ids, left padding included."""
+    fails) over a reused static cache, on the CPU with frozen weights: it must reproduce the eager
+    ids, left padding included, and compile again when a weight changes rather than use stale ones."""
     _, torch_model, _ = models
     ids, mask = left_padded_batch([4, 9])
     eager = torch_model.generate(ids, mask, max_new_tokens=12, eos_token_id=[], compile=False)
     for _ in range(2):  # the second call reuses the compiled step and its cache
         compiled = torch_model.generate(ids, mask, max_new_tokens=12, eos_token_id=[], compile=True)
         torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+    head = torch_model.lm_head.weight
+    original = head.detach().clone()
+    try:
+        with torch.no_grad():
+            head[:, :] = torch.roll(original, 1, dims=0)  # every logit moves to the next token id
+        changed = torch_model.generate(ids, mask, max_new_tokens=12, eos_token_id=[], compile=False)
+        assert not torch.equal(changed, eager)
+        torch.testing.assert_close(torch_model.generate(ids, mask, max_new_tokens=12, eos_token_id=[], compile=True),
+                                   changed, rtol=0, atol=0)
+    finally:
+        with torch.no_grad():
+            head.copy_(original)
 
 
 def test_same_bucket_compiles_once(models):
