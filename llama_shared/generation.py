@@ -29,7 +29,7 @@ SAMPLING_ONLY = frozenset({"temperature", "top_k", "top_p", "min_p"})
 _NULL_MEANS_DEFAULT = frozenset({"temperature", "top_p", "repetition_penalty", "max_length", "min_length", "do_sample"})
 
 # Prompt and cache lengths round up to these (then to multiples of the last), so compiled shapes repeat.
-LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512, 1024)
+LENGTH_BUCKETS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 
 
 @dataclass(frozen=True)
@@ -283,7 +283,9 @@ def plan_generation(input_ids: Any, attention_mask: Any, config: GenerationConfi
 
 
 def bucket_length(length: int) -> int:
-    """The smallest bucket that holds length: powers of two from 16 to 1024, then multiples of 1024."""
+    """The smallest bucket that holds length: powers of two from 16 to 1024 and the midpoints 1.5x
+    between them (at most a third of a cache unused: every decode step reads all of it), then
+    multiples of 1024."""
     for bucket in LENGTH_BUCKETS:
         if length <= bucket:
             return bucket
