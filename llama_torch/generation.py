@@ -228,19 +228,18 @@ class GenerationMixin:
 
     def _decode_step_fn(self, compiled: bool) -> Any:
         """decode_step, compiled once per model when asked: CUDA graphs on a GPU, frozen weights on the
-        CPU (compiled again when a weight has changed since, since freezing bakes their values in)."""
+        CPU (compiled again when a parameter or buffer, quantized weights included, has changed
+        since: freezing bakes their values in)."""
         if not compiled:
             return decode_step
         if self.device.type == "cuda":
-            if "_compiled_decode_step" not in self.__dict__:
-                self.__dict__["_compiled_decode_step"] = torch.compile(decode_step, mode="reduce-overhead",
-                                                                       fullgraph=True)
-            return self.__dict__["_compiled_decode_step"]
-        version = tuple((p.data_ptr(), p._version) for p in self.parameters())
-        if self.__dict__.get("_frozen_weights_version") != version:
-            self.__dict__["_compiled_decode_step"] = frozen_cpu_step(decode_step)
-            self.__dict__["_frozen_weights_version"] = version
-        return self.__dict__["_compiled_decode_step"]
+            if "_cuda_decode_step" not in self.__dict__:
+                self.__dict__["_cuda_decode_step"] = torch.compile(decode_step, mode="reduce-overhead", fullgraph=True)
+            return self.__dict__["_cuda_decode_step"]
+        version = tuple((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers()))
+        if self.__dict__.get("_cpu_decode_step", (None,))[0] != version:
+            self.__dict__["_cpu_decode_step"] = (version, frozen_cpu_step(decode_step))
+        return self.__dict__["_cpu_decode_step"][1]
 
 
 def frozen_cpu_step(step: Any) -> Any:

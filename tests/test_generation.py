@@ -183,9 +183,12 @@ def test_compiled_decode_step_gives_the_eager_ids_and_follows_weight_changes(mod
     _, torch_model, _ = models
     ids, mask = left_padded_batch([4, 9])
     eager = torch_model.generate(ids, mask, max_new_tokens=12, eos_token_id=[], compile=False)
+    steps = set()
     for _ in range(2):  # the second call reuses the compiled step and its cache
         compiled = torch_model.generate(ids, mask, max_new_tokens=12, eos_token_id=[], compile=True)
         torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+        steps.add(id(torch_model._decode_step_fn(True)))
+    assert len(steps) == 1
     head = torch_model.lm_head.weight
     original = head.detach().clone()
     try:
