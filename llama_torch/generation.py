@@ -5,7 +5,7 @@ Which processors run, in which order, and every argument check come from llama_s
 On CUDA the one-token decode step is compiled with mode="reduce-overhead" (CUDA graphs) over a
 cache allocated once per shape. On the CPU it runs eagerly under inference_mode by default; with
 compile=True inductor freezes the weights and runs its own C++ GEMM kernels on a prepacked copy of
-them (measured 2.5x eager at batch 1: MKL's matrix-vector product streams weights at half the
+them (measured 2.0-2.7x eager at batch 1: MKL's matrix-vector product streams weights at half the
 memory bandwidth on the AMD CPUs this was measured on), at the price of a second copy of the weights.
 """
 
