@@ -50,9 +50,12 @@ def run_flax(results: dict) -> None:
     from llama_flax import FlaxLlamaForCausalLM
 
     dtype = jnp.bfloat16 if SIZE == "7b" else jnp.float32
+    began = time.perf_counter()
     model = FlaxLlamaForCausalLM(config(), dtype=dtype, param_dtype=dtype)
+    jax.block_until_ready(model.params)
     results.update(device=str(jax.devices()[0]), jax=jax.__version__,
                    params=int(sum(x.size for x in jax.tree_util.tree_leaves(model.params))))
+    record(results, "random_init_s", round(time.perf_counter() - began, 1))
     for batch in BATCHES:
         if time.time() > DEADLINE - 40:
             print(f"flax: skipped batch {batch} (deadline)", flush=True)
