@@ -14,6 +14,8 @@ from llama_shared.streaming import TextIteratorStreamer, TextStreamer
 from llama_shared.tokenizer import (AutoTokenizer, BatchEncoding, Llama3Tokenizer, LlamaTokenizer,
                                     LlamaTokenizerFast, TokenizerError)
 
-__all__ = ["LlamaConfig", "GenerationConfig", "pipeline", "TextStreamer", "TextIteratorStreamer", "AttentionMaskVisualizer", "ParityReport", "parity_report", "demo_model_dir", "AutoTokenizer", "BatchEncoding", "Llama3Tokenizer", "LlamaTokenizer",
-           "LlamaTokenizerFast", "QuantizationConfig", "FORMATS", "convert", "detect_format",
-           "CheckpointError", "ConfigError", "GenerationError", "LlamaTwinError", "TokenizerError"]
+__all__ = ["LlamaConfig", "GenerationConfig", "pipeline", "TextStreamer", "TextIteratorStreamer",
+           "AttentionMaskVisualizer", "ParityReport", "parity_report", "demo_model_dir", "AutoTokenizer",
+           "BatchEncoding", "Llama3Tokenizer", "LlamaTokenizer", "LlamaTokenizerFast", "QuantizationConfig",
+           "FORMATS", "convert", "detect_format", "CheckpointError", "ConfigError", "GenerationError",
+           "LlamaTwinError", "TokenizerError"]

@@ -16,6 +16,7 @@ DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 DEFAULT_MAX_NEW_TOKENS = 256  # transformers' text-generation pipeline default
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompts", nargs="*", metavar="PROMPT", help="prompts (default: one per line of stdin)")
     parser.add_argument("-m", "--model", help="model folder or hub repo id (default: the embedded demo model)")
