@@ -10,28 +10,12 @@
 #     transformers==4.57.6 tokenizers==0.22.1 huggingface_hub==0.36.0
 # then run: bash benchmarks/gpu/run.sh   (carry: .anchors, .whl). SIZE=tiny dry-runs the twins on a CPU.
 set -u
-OUT=${OUT:-/tmp/decode_gpu}; mkdir -p "$OUT"; export OUT
-export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9} PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
-END=$(( $(date +%s) + ${BUDGET_S:-570} ))
-
-# stage NAME CAP_S COMMAND...: run COMMAND for at most CAP_S seconds and never past END.
-stage() {
-  local name=$1 cap=$2; shift 2
-  local left=$(( END - $(date +%s) ))
-  (( left < cap )) && cap=$left
-  if (( cap < 30 )); then echo "=== $name: skipped, ${left}s left"; return; fi
-  echo "=== $name (cap ${cap}s)"
-  local began=$(date +%s)
-  DEADLINE_S=$cap timeout "$cap" "$@" 2>&1 | grep -v -i -E "warn|^\s*$" | tail -n 30
-  echo "--- $name: $(( $(date +%s) - began ))s"
-}
+source "$(dirname "$0")/stage.sh"
 
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>/dev/null
 $PY -c "import jax, flax, torch; print('jax', jax.__version__, 'flax', flax.__version__, 'torch', torch.__version__)"
 stage "twin flax" 100 $PY -m benchmarks.gpu.decode_gpu --backend flax
-if [ -d .anchors ] && [ -d .whl ]; then
-  $PY -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+if [ -d .anchors ] && install_flax_anchor; then
   stage "anchor transformers flax" 80 env ONLY=build_7b,decode_7b_b1,decode_7b_b16 PYTHONPATH=/tmp/site \
     $PY .anchors/gpu_anchor_hf_flax.py
 fi
