@@ -8,9 +8,7 @@ source "$(dirname "$0")/stage.sh"
 
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>/dev/null
 install_flax_anchor
-stage "profile flax" 170 env PYTHONPATH=/tmp/site \
-  $PY -m benchmarks.gpu.profile_decode --backend flax --trial sum_attention
-stage "profile flax, cuBLAS for every dot" 90 env PYTHONPATH=/tmp/site XLA_FLAGS=--xla_gpu_enable_triton_gemm=false \
-  $PY -m benchmarks.gpu.profile_decode --backend flax --tag flax_no_triton_gemm
-stage "profile torch" 220 $PY -m benchmarks.gpu.profile_decode --backend torch --trial coordinate_descent
+[ -n "${SKIP_FLAX:-}" ] || stage "profile flax" 170 env PYTHONPATH=/tmp/site \
+  $PY -m benchmarks.gpu.profile_decode --backend flax
+stage "profile torch" ${TORCH_CAP_S:-220} $PY -m benchmarks.gpu.profile_decode --backend torch --trial efficient_attention --trial max_autotune
 ls -l "$OUT"

@@ -4,7 +4,8 @@ generate() call, beside transformers' Flax generate on the same weights, in one 
 Flax: the twin's generate and transformers 4.57's FlaxLlamaForCausalLM.generate (same parameter
 tree, so the very same arrays) are timed round-robin, then traced with jax.profiler; the GPU plane's
 kernels are summed by name. Both optimized HLO modules are written under $OUT. Torch: the twin's
-compiled decode, traced with torch.profiler. Trials named by --trial run beside the twin as it is.
+compiled decode, traced with torch.profiler; trials named by --trial (other ways to compile the
+torch decode step) run beside the twin as it is.
 SIZE=tiny dry-runs on the CPU (no kernel table there).
 
     python -m benchmarks.gpu.profile_decode --backend flax|torch [--trial NAME ...]
@@ -72,37 +73,9 @@ def jax_kernels(run) -> tuple[dict, dict]:
     return totals, counts
 
 
-def flax_trial(name: str) -> None:
-    """Swap in a trial implementation (measured beside the twin as it is)."""
-    import jax
-    import jax.numpy as jnp
-
-    import llama_flax.modeling as modeling
-
-    if name == "sum_attention":
-        plain = modeling.dot_product_attention
-
-        def sum_attention(q, k, v, allowed):
-            """One-query attention over the cache as multiply-and-sum: no dot, no cache transposes."""
-            if allowed is None or q.shape[1] != 1:
-                return plain(q, k, v, allowed)
-            b, t, n, h = q.shape
-            kv = k.shape[2]
-            q32 = q.reshape(b, kv, n // kv, 1, h).astype(jnp.float32)
-            keys = k.transpose(0, 2, 1, 3)[:, :, None].astype(jnp.float32)          # (B, KV, 1, S, H)
-            logits = jnp.sum(q32 * keys, axis=-1) / np.sqrt(h)                     # (B, KV, G, S)
-            logits = jnp.where(allowed[:, :, 0][:, :, None, :], logits, jnp.finfo(jnp.float32).min)
-            probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype).astype(jnp.float32)
-            values = v.transpose(0, 2, 1, 3)[:, :, None].astype(jnp.float32)       # (B, KV, 1, S, H)
-            out = jnp.sum(probs[..., None] * values, axis=-2).astype(q.dtype)      # (B, KV, G, H)
-            return out.reshape(b, 1, n, h)
-
-        modeling.dot_product_attention = sum_attention
-    else:
-        raise SystemExit(f"unknown flax trial {name!r}")
-
-
 def run_flax(trials: list[str]) -> None:
+    if trials:
+        raise SystemExit(f"no flax trials: {trials}")
     import jax
     import jax.numpy as jnp
 
@@ -130,16 +103,6 @@ def run_flax(trials: list[str]) -> None:
         ids = run()
         record(f"{name}_first_call_s", round(time.perf_counter() - began, 1))
         record(f"{name}_ids_head", ids[0, PROMPT:PROMPT + 8].tolist())
-    for trial in trials:
-        flax_trial(trial)
-        jax.clear_caches()  # equal modules would otherwise reuse the twin's traced step
-        trial_model = FlaxLlamaForCausalLM(config(), params, dtype=dtype, param_dtype=dtype)
-        runners[trial] = (lambda m: lambda: np.asarray(m.generate(prompt, max_new_tokens=NEW, eos_token_id=[])))(
-            trial_model)
-        began = time.perf_counter()
-        ids = runners[trial]()
-        record(f"{trial}_first_call_s", round(time.perf_counter() - began, 1))
-        record(f"{trial}_ids_head", ids[0, PROMPT:PROMPT + 8].tolist())
     best = interleaved_best_times(runners, passes=3)
     record("tok_s", {name: round(NEW / s, 1) for name, s in best.items()})
     if jax.default_backend() != "gpu":
@@ -200,14 +163,32 @@ def run_torch(trials: list[str]) -> None:
     for trial in trials:
         if time.time() > DEADLINE - 90:
             break
-        if trial != "coordinate_descent":
-            raise SystemExit(f"unknown torch trial {trial!r}")
-        from torch._inductor import config as inductor_config
-
-        model.__dict__.pop("_cuda_decode_step", None)
+        model.__dict__["_cuda_decode_step"] = torch_trial(trial)
         torch._dynamo.reset()
-        with inductor_config.patch(coordinate_descent_tuning=True):
+        try:
             measure(trial)
+        except Exception as e:  # noqa: BLE001 - a failed trial is a result; the next one still runs
+            record(trial, repr(e)[:800])
+
+
+def torch_trial(name: str):
+    """A decode step compiled another way, measured beside the twin's."""
+    import torch
+
+    from llama_torch import generation
+
+    if name == "max_autotune":
+        compiled = torch.compile(generation.decode_step, mode="max-autotune", fullgraph=True)
+        return generation.with_inductor_config(compiled, coordinate_descent_tuning=True)
+    if name == "efficient_attention":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        def step(*args):
+            with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+                return generation.decode_step(*args)
+
+        return generation.cuda_graph_step(step)
+    raise SystemExit(f"unknown torch trial {name!r}")
 
 
 def read_bandwidth(torch) -> None:
