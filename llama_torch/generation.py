@@ -12,8 +12,11 @@ memory bandwidth on the AMD CPUs this was measured on), at the price of a second
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import time
 import types
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -21,6 +24,21 @@ import torch
 from llama_shared.generation import DecodePlan, GenerationConfig, can_generate, plan_generation, resolve_config
 from llama_shared.masks import positions_from_attention_mask
 from llama_torch.cache import KVCache
+
+# True while generate() runs the model: it checked the prompt's ids on the host and picks every later
+# token from the vocabulary, so forward skips its own range check, whose min/max copy to the host
+# would stall a GPU at every step.
+TOKEN_IDS_CHECKED = contextvars.ContextVar("token_ids_checked", default=False)
+
+
+@contextlib.contextmanager
+def token_ids_checked() -> Iterator[None]:
+    """Within: forward trusts its input_ids (see TOKEN_IDS_CHECKED)."""
+    token = TOKEN_IDS_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        TOKEN_IDS_CHECKED.reset(token)
 
 # ------------------------------------------------------------------------------------------------
 # Logits processors: (batch, vocab) float32 scores in, scores out; removed tokens get -inf.
@@ -180,32 +198,33 @@ class GenerationMixin:
 
         cache = self._decode_cache(batch, plan.cache_length, compile)
         step = self._decode_step_fn(compile)
-        logits = prefill(self, input_ids, full_mask, position_ids, cache)
-        unfinished = torch.ones(batch, dtype=torch.bool, device=device)
-        new_tokens = torch.full((batch, plan.max_new_tokens), plan.pad_token_id, dtype=torch.long, device=device)
-        first_token_s = None
-        count = 0
-        while count < plan.max_new_tokens:
-            scores = process_logits(logits, plan, seen, eos_ids, count)
-            tokens = select_tokens(scores, config.do_sample, generator)
-            tokens = torch.where(unfinished, tokens, plan.pad_token_id)
-            new_tokens[:, count] = tokens
-            count += 1
-            if seen is not None:
-                seen.scatter_(1, tokens[:, None], True)
-            if streamer is not None:
-                streamer.put(tokens.cpu())
-            if first_token_s is None:
-                first_token_s = time.perf_counter() - start
-            if eos_ids.numel():
-                unfinished &= ~torch.isin(tokens, eos_ids)
-                if not bool(unfinished.any()):
+        with token_ids_checked():
+            logits = prefill(self, input_ids, full_mask, position_ids, cache)
+            unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+            new_tokens = torch.full((batch, plan.max_new_tokens), plan.pad_token_id, dtype=torch.long, device=device)
+            first_token_s = None
+            count = 0
+            while count < plan.max_new_tokens:
+                scores = process_logits(logits, plan, seen, eos_ids, count)
+                tokens = select_tokens(scores, config.do_sample, generator)
+                tokens = torch.where(unfinished, tokens, plan.pad_token_id)
+                new_tokens[:, count] = tokens
+                count += 1
+                if seen is not None:
+                    seen.scatter_(1, tokens[:, None], True)
+                if streamer is not None:
+                    streamer.put(tokens.cpu())
+                if first_token_s is None:
+                    first_token_s = time.perf_counter() - start
+                if eos_ids.numel():
+                    unfinished &= ~torch.isin(tokens, eos_ids)
+                    if not bool(unfinished.any()):
+                        break
+                if count == plan.max_new_tokens:
                     break
-            if count == plan.max_new_tokens:
-                break
-            cache_position = torch.full((1,), prompt_length + count - 1, dtype=torch.long, device=device)
-            logits = step(self, tokens[:, None], next_position, cache_position, full_mask, cache)
-            next_position = next_position + 1
+                cache_position = torch.full((1,), prompt_length + count - 1, dtype=torch.long, device=device)
+                logits = step(self, tokens[:, None], next_position, cache_position, full_mask, cache)
+                next_position = next_position + 1
         if streamer is not None:
             streamer.end()
         if stats is not None:

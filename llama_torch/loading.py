@@ -23,7 +23,7 @@ from llama_shared.generation import GenerationConfig
 from llama_shared.naming import check_shape, checkpoint_key_map
 from llama_shared.progress import byte_progress
 from llama_shared.quantization import QuantizationConfig, checkpoint_metadata, config_quantization, open_for_loading
-from llama_torch.generation import GenerationMixin
+from llama_torch.generation import TOKEN_IDS_CHECKED, GenerationMixin
 
 HEAD_MODULES = ("score", "qa_outputs")
 
@@ -88,8 +88,8 @@ class PreTrainedModel(GenerationMixin, nn.Module):
         return f"{self.base_prefix}.embed_tokens" if self.base_prefix else "embed_tokens"
 
     def check_token_ids(self, input_ids: torch.Tensor) -> None:
-        """Raise if a token id is outside [0, vocab_size) (skipped inside torch.compile)."""
-        if torch.compiler.is_compiling() or input_ids.numel() == 0:
+        """Raise if a token id is outside [0, vocab_size) (skipped inside torch.compile and generate)."""
+        if torch.compiler.is_compiling() or TOKEN_IDS_CHECKED.get() or input_ids.numel() == 0:
             return
         low, high = int(input_ids.min()), int(input_ids.max())
         if low < 0 or high >= self.config.vocab_size:

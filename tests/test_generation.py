@@ -203,6 +203,26 @@ def test_compiled_decode_step_gives_the_eager_ids_and_follows_weight_changes(mod
             head.copy_(original)
 
 
+def test_eager_decode_never_waits_for_the_device(models):
+    """Without eos ids, generate's eager loop copies nothing back to the host per step, so a GPU is
+    never stalled by the Python loop; the forward's own token-id check (a min/max read back) stays
+    on for plain forward calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _, torch_model, _ = models
+    ids, mask = left_padded_batch([4, 9])
+
+    def host_reads(run) -> int:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            run()
+        return sum(event.name in ("aten::item", "aten::_local_scalar_dense") for event in prof.events())
+
+    assert host_reads(lambda: torch_model.generate(ids, mask, max_new_tokens=6, eos_token_id=[])) == 0
+    assert host_reads(lambda: torch_model(ids, attention_mask=mask)) > 0
+    with pytest.raises(ValueError, match="token id 500"):
+        torch_model(torch.tensor([[1, 500]]))
+
+
 def test_same_bucket_compiles_once(models):
     _, _, model = models
     for length in (3, 5, 11):
