@@ -44,10 +44,12 @@ def kernel_table(totals: dict[str, float], counts: dict[str, int], steps: int, l
     total_us = sum(totals.values()) / 1e3
     print(f"--- {label}: {sum(counts.values()) / steps:.1f} kernels and {total_us / steps:.1f} us of kernel time "
           f"per token", flush=True)
+    top = []
     for name, ns in sorted(totals.items(), key=lambda kv: -kv[1])[:14]:
         print(f"  {ns / 1e3 / steps:8.1f} us/tok  {counts[name] / steps:6.1f}/tok  {name[:110]}", flush=True)
+        top.append([name[:110], round(ns / 1e3 / steps, 1), round(counts[name] / steps, 1)])
     return {"kernels_per_token": round(sum(counts.values()) / steps, 1),
-            "kernel_us_per_token": round(total_us / steps, 1)}
+            "kernel_us_per_token": round(total_us / steps, 1), "top_us_per_token": top}
 
 
 def jax_kernels(run) -> tuple[dict, dict]:

@@ -13,7 +13,7 @@ stage() {
   if (( cap < 30 )); then echo "=== $name: skipped, ${left}s left"; return; fi
   echo "=== $name (cap ${cap}s)"
   local began=$(date +%s)
-  DEADLINE_S=$cap timeout "$cap" "$@" 2>&1 | grep -v -i -E "warn|^\s*$" | tail -n 40
+  DEADLINE_S=$cap timeout "$cap" "$@" 2>&1 | grep -v -i -E "warn|^\s*$" | tail -n 80
   echo "--- $name: $(( $(date +%s) - began ))s"
 }
 
