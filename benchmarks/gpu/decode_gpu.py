@@ -73,7 +73,9 @@ def run_flax(results: dict) -> None:
     record(results, "prefill", {"s": round(seconds, 4), "tok_s": round(PREFILL / seconds)})
 
 
-def run_torch(results: dict) -> None:
+def random_torch_model():
+    """The torch twin with random weights, built on the meta device and initialised in place on the
+    GPU (bf16 at 7B; the CPU and float32 for SIZE=tiny): (model, device, sync)."""
     import torch
 
     from llama_torch import LlamaForCausalLM
@@ -86,7 +88,13 @@ def run_torch(results: dict) -> None:
     model.init_weights()
     model.tie_weights()
     model.eval()
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    return model, device, torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+
+def run_torch(results: dict) -> None:
+    import torch
+
+    model, device, sync = random_torch_model()
     results.update(device=torch.cuda.get_device_name() if device == "cuda" else "cpu", torch=torch.__version__,
                    params=sum(p.numel() for p in model.parameters()))
     # Batch 1 first, eager then compiled (the issue's goals), then batch 16 while time allows.

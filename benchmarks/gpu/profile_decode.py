@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from benchmarks.gpu.decode_gpu import NEW, PROMPT, SIZE, config
+from benchmarks.gpu.decode_gpu import NEW, PROMPT, SIZE, config, random_torch_model
 from benchmarks.timing import interleaved_best_times
 
 OUT = os.environ.get("OUT", "/tmp")
@@ -124,17 +124,7 @@ def run_flax(trials: list[str]) -> None:
 def run_torch(trials: list[str]) -> None:
     import torch
 
-    from llama_torch import LlamaForCausalLM
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if SIZE == "7b" else torch.float32
-    with torch.device("meta"):
-        model = LlamaForCausalLM(config())
-    model = model.to(dtype).to_empty(device=device)
-    model.init_weights()
-    model.tie_weights()
-    model.eval()
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    model, device, sync = random_torch_model()
     prompt = torch.randint(3, 32000, (1, PROMPT))
     compile_now = device == "cuda"
 
