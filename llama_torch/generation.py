@@ -41,6 +41,7 @@ def token_ids_checked() -> Iterator[None]:
     finally:
         TOKEN_IDS_CHECKED.reset(token)
 
+
 # ------------------------------------------------------------------------------------------------
 # Logits processors: (batch, vocab) float32 scores in, scores out; removed tokens get -inf.
 

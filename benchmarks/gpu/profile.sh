@@ -10,5 +10,6 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>/dev/null
 install_flax_anchor
 [ -n "${SKIP_FLAX:-}" ] || stage "profile flax" 170 env PYTHONPATH=/tmp/site \
   $PY -m benchmarks.gpu.profile_decode --backend flax
-stage "profile torch" ${TORCH_CAP_S:-220} $PY -m benchmarks.gpu.profile_decode --backend torch --trial efficient_attention --trial max_autotune
+stage "profile torch" ${TORCH_CAP_S:-220} \
+  $PY -m benchmarks.gpu.profile_decode --backend torch --trial efficient_attention --trial max_autotune
 ls -l "$OUT"
