@@ -81,10 +81,12 @@ def generate_all(models, ids, mask, **kwargs) -> tuple[np.ndarray, np.ndarray, n
     return reference, ours_torch, ours_flax
 
 
-def test_greedy_128_tokens_identical_in_all_three(all_variants):
-    ids, mask = left_padded_batch([5, 12, 9])
+@pytest.mark.parametrize("lengths", [[5, 12, 9], [7]], ids=["left-padded", "one-row"])
+def test_greedy_128_tokens_identical_in_all_three(all_variants, lengths):
+    """One row also: the Flax twin's one-row products on the CPU take llama_flax.matmul's row blocks."""
+    ids, mask = left_padded_batch(lengths)
     reference, ours_torch, ours_flax = generate_all(all_variants, ids, mask, max_new_tokens=128, eos_token_id=None)
-    assert reference.shape == (3, 12 + 128)
+    assert reference.shape == (len(lengths), max(lengths) + 128)
     np.testing.assert_array_equal(ours_torch, reference)
     np.testing.assert_array_equal(ours_flax, reference)
 
@@ -149,7 +151,8 @@ def test_cached_steps_equal_uncached_forward_torch(all_variants):
                                  torch.tensor([slot]), cache_mask, cache)
 
 
-def test_cached_steps_equal_uncached_forward_flax(all_variants):
+@pytest.mark.parametrize("lengths", [[4, 9], [9]], ids=["left-padded", "one-row"])
+def test_cached_steps_equal_uncached_forward_flax(all_variants, lengths):
     import jax
     import jax.numpy as jnp
 
@@ -158,14 +161,14 @@ def test_cached_steps_equal_uncached_forward_flax(all_variants):
     from llama_shared.masks import positions_from_attention_mask
 
     _, _, model = all_variants
-    ids, mask = (t.numpy() for t in left_padded_batch([4, 9], seed=4))
-    steps = 12
-    sequence = np.concatenate([ids, np.random.default_rng(5).integers(3, 128, (2, steps))], 1)
-    full_mask = np.concatenate([mask, np.ones((2, steps), mask.dtype)], 1)
+    ids, mask = (t.numpy() for t in left_padded_batch(lengths, seed=4))
+    rows, steps = len(lengths), 12
+    sequence = np.concatenate([ids, np.random.default_rng(5).integers(3, 128, (rows, steps))], 1)
+    full_mask = np.concatenate([mask, np.ones((rows, steps), mask.dtype)], 1)
     positions = positions_from_attention_mask(full_mask, np)
     uncached = np.asarray(model(sequence, attention_mask=full_mask, position_ids=positions).logits)
-    cache = KVCache.create(model.config, 2, 32)
-    cache_mask = jnp.ones((2, 32), jnp.int32).at[:, :9].set(mask)
+    cache = KVCache.create(model.config, rows, 32)
+    cache_mask = jnp.ones((rows, 32), jnp.int32).at[:, :9].set(mask)
     step_fn = jax.jit(decode_step, static_argnums=0, donate_argnums=6)
     logits, cache = jax.jit(prefill, static_argnums=0)(model.module, model.params, ids, cache_mask,
                                                        positions[:, :9], cache)
