@@ -226,6 +226,24 @@ def test_eager_decode_never_waits_for_the_device(models):
         torch_model(torch.tensor([[1, 500]]))
 
 
+def test_torch_timings_wait_for_the_device(models, monkeypatch):
+    """CUDA runs behind Python: the first-token and decode times of generate(stats=...) are taken
+    after waiting for the device, or they would count only the queuing of the work."""
+    import llama_torch.generation as generation
+
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    generation.seconds_since(0.0, torch.device("cuda", 0))
+    assert synced == [torch.device("cuda", 0)]
+    waits, measure = [], generation.seconds_since
+    monkeypatch.setattr(generation, "seconds_since", lambda start, device: waits.append(device) or measure(start, device))
+    _, torch_model, _ = models
+    stats = {}
+    torch_model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=4, eos_token_id=[], stats=stats)
+    assert waits == [torch_model.device] * 2
+    assert stats["new_tokens"] == 4 and 0 <= stats["time_to_first_token_s"] and 0 <= stats["decode_s"]
+
+
 def test_same_bucket_compiles_once(models):
     _, _, model = models
     for length in (3, 5, 11):
