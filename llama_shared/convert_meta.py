@@ -419,13 +419,25 @@ def _shard_specs(specs: dict[str, tuple[tuple[int, ...], np.dtype]], rank: int, 
 
 def _reserve_pth(path: str, specs: dict[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str, int]:
     """Write a torch.save file of these tensors with their storage left unwritten; return each tensor's
-    byte offset in the file."""
-    import torch
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    byte offset in the file.
 
-    with FakeTensorMode():
-        state = {k: torch.empty(shape, dtype=_torch_dtype(dtype)) for k, (shape, dtype) in specs.items()}
-    with torch.serialization.skip_data(materialize_fake_tensors=True):
+    The tensors are plain torch.empty: address space only, as skip_data writes none of their bytes
+    and nothing touches their pages. FakeTensorMode tensors would do as well, but importing it
+    imports torch._dynamo (1.5 s); they are the fallback where the system refuses the address space
+    (vm.overcommit_memory=2)."""
+    import torch
+
+    def empty() -> dict[str, Any]:
+        return {k: torch.empty(shape, dtype=_torch_dtype(dtype)) for k, (shape, dtype) in specs.items()}
+
+    try:
+        state, fake = empty(), False
+    except RuntimeError:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        with FakeTensorMode():
+            state, fake = empty(), True
+    with torch.serialization.skip_data(materialize_fake_tensors=fake):
         torch.save(state, path)
     return _record_offsets(path, specs)
 

@@ -100,6 +100,30 @@ def test_hf_meta_hf_is_bit_exact(hf_checkpoint, tmp_path, case, num_shards):
     assert_same_model_config(src, tmp_path / "back")
 
 
+def test_meta_writer_falls_back_to_fake_tensors_when_address_space_is_refused(hf_checkpoint, tmp_path,
+                                                                               monkeypatch):
+    """Under strict overcommit the first torch.empty of a large tensor fails; the writer then lays the
+    file out with FakeTensorMode tensors, and the round trip stays bit-exact."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    src = hf_checkpoint(num_key_value_heads=4)
+    real_empty, made = torch.empty, []
+
+    def refusing_empty(*args, **kwargs):
+        tensor = real_empty(*args, **kwargs)
+        if not isinstance(tensor, FakeTensor):
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+        made.append(tensor)
+        return tensor
+
+    monkeypatch.setattr(torch, "empty", refusing_empty)
+    convert(src, tmp_path / "meta", "meta", num_shards=2, progress=False)
+    monkeypatch.undo()
+    assert made, "the fallback made no fake tensors"
+    convert(tmp_path / "meta", tmp_path / "back", "hf", progress=False)
+    assert_same_tensors(src, tmp_path / "back")
+
+
 def test_bfloat16_and_sharded_output(hf_checkpoint, tmp_path):
     src = hf_checkpoint()
     convert(src, tmp_path / "bf16", "hf", dtype="bfloat16", shard_size=40_000, progress=False)
