@@ -2,9 +2,10 @@
 read speed against the disk's sequential read speed measured in the same run.
 
 The checkpoint has Llama-3.2-1B's shapes (1.24B parameters, bfloat16, tied embeddings) with random
-values, written by the streaming safetensors writer. Before every timed read the files' page cache
-is dropped (fsync, then posix_fadvise DONTNEED), so each read comes from the disk, and all dirty
-pages are written back (os.sync), so no measurement pays for the previous one's writing. The disk's
+values, written by the streaming safetensors writer. Before every timed step all dirty pages are
+written back (os.sync), so no measurement pays for the previous one's writing, and the page cache
+of every file in the benchmark's folder is dropped (posix_fadvise DONTNEED), so each read comes
+from the disk and no step first has to reclaim memory that earlier steps' files filled. The disk's
 sequential speed is a plain 16 MB-block read of a file of the checkpoint's size; the copy
 reference reads that file and writes a copy of it the same way, the least any conversion must do.
 The duplex reference is the disk's own ceiling for a conversion: the file read by one thread while
@@ -106,10 +107,13 @@ def size_of(folder: str) -> int:
     return sum(os.path.getsize(p) for p in files_under(folder))
 
 
-def start_cold(path: str) -> None:
-    """Drop path's page cache and write back every dirty page on the machine."""
-    drop_page_cache(path)
+def start_cold(workdir: str) -> None:
+    """Write back every dirty page on the machine and drop the page cache of every file in the
+    benchmark's folder: each measurement starts with its source on disk and with the memory that
+    earlier steps' files held free again (with the page cache full, reclaiming it made the same
+    conversions 2-4x slower on the dev box)."""
     os.sync()
+    drop_page_cache(workdir)
 
 
 def disk_read_speed(path: str, size: int) -> float:
@@ -120,7 +124,7 @@ def disk_read_speed(path: str, size: int) -> float:
             for _ in range(size // BLOCK):
                 f.write(chunk)
             f.write(chunk[:size % BLOCK])
-    start_cold(path)
+    start_cold(os.path.dirname(path))
     buffer = bytearray(BLOCK)
     start = time.perf_counter()
     with open(path, "rb", buffering=0) as f:
@@ -131,7 +135,7 @@ def disk_read_speed(path: str, size: int) -> float:
 
 def disk_copy_speed(path: str, size: int) -> float:
     """Bytes per second of a 16 MB-block read of the reference file written to a new file beside it."""
-    start_cold(path)
+    start_cold(os.path.dirname(path))
     copy = path + ".copy"
     buffer = bytearray(BLOCK)
     start = time.perf_counter()
@@ -146,7 +150,7 @@ def disk_copy_speed(path: str, size: int) -> float:
 def disk_duplex_speed(path: str, size: int) -> float:
     """Bytes per second of the reference file read in 16 MB blocks by one thread while another writes
     each block to a new file with O_DIRECT (whole blocks only; page-aligned buffers, as O_DIRECT needs)."""
-    start_cold(path)
+    start_cold(os.path.dirname(path))
     copy = path + ".duplex"
     blocks = size // BLOCK
     free: queue.Queue = queue.Queue()
@@ -180,7 +184,7 @@ def disk_duplex_speed(path: str, size: int) -> float:
 
 def timed_conversion(src: str, dst: str, to: str, num_shards: int = 1) -> dict:
     shutil.rmtree(dst, ignore_errors=True)
-    start_cold(src)
+    start_cold(os.path.dirname(src))
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
            "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", CHILD, src, dst, to, str(num_shards)], env=env, check=True,

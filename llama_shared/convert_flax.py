@@ -10,6 +10,7 @@ result is an ordinary Orbax checkpoint whose PyTree is the whole parameter tree
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
@@ -154,15 +155,29 @@ def write_flax(source: TensorSource, directory: str) -> None:
     from orbax.checkpoint.experimental import v1 as ocp
 
     params = os.path.abspath(os.path.join(directory, PARAMS_DIR))
-    # Kernels are transposed in a thread of their own, overlapping Orbax's writing of the last group.
+    # Kernels are transposed in a thread of their own, and each group is read and transposed while
+    # Orbax writes the one before (one partial save at a time: concurrent ones of one checkpoint
+    # conflict).
     flax_tensors = read_ahead(lambda: _flax_layout(source.tensors()))
     context = ocp.Context()
     context.array.saving.use_compression = False  # costs CPU time and saves nothing on weights
     context.memory.deepcopy_host_arrays = False  # nothing modifies a group while it is saved
+    saving = None
     with context:
-        for group in _groups(flax_tensors, lambda t: t[1].nbytes, GROUP_BYTES):
-            ocp.partial.save(params, unflatten_tree(dict(group)))
-            del group
+        try:
+            for group in _groups(flax_tensors, lambda t: t[1].nbytes, GROUP_BYTES):
+                if saving is not None:
+                    saving.result()
+                saving = ocp.partial.save_async(params, unflatten_tree(dict(group)))
+                del group
+            if saving is not None:
+                saving.result()
+        except BaseException:
+            # The write in flight finishes before the caller removes the folder; the first error is raised.
+            if saving is not None:
+                with contextlib.suppress(Exception):
+                    saving.result()
+            raise
         ocp.partial.finalize(params)
     source.config.replace(torch_dtype=source.dtype_name).save_pretrained(directory)
     write_side_files(source, directory)

@@ -285,6 +285,35 @@ def test_truncated_safetensors_shard_mid_conversion(hf_checkpoint, tmp_path):
         assert_fails_cleanly(sharded, tmp_path / f"out-{to}", to, f"{last} is truncated")
 
 
+@pytest.mark.parametrize("to", ["hf", "meta", "flax"])
+def test_read_error_mid_conversion(hf_checkpoint, tmp_path, monkeypatch, to):
+    """A read that fails two thirds of the way through (a disk error) leaves no DST and no staging
+    folder; the flax writer meets it with an earlier group's save still in flight."""
+    import llama_shared.convert_flax
+    from llama_shared.checkpoint import SafetensorsFile
+    from orbax.checkpoint.experimental import v1 as ocp
+
+    src = hf_checkpoint()
+    count = len(Checkpoint(src).keys())
+    real_read, real_save_async, reads, saves = SafetensorsFile.read, ocp.partial.save_async, [], []
+
+    def failing_read(self, key):
+        reads.append(key)
+        if len(reads) > 2 * count // 3:
+            raise CheckpointError(f"{self.path}: input/output error reading {key!r}")
+        return real_read(self, key)
+
+    def counted_save_async(*args, **kwargs):
+        saves.append(1)
+        return real_save_async(*args, **kwargs)
+
+    monkeypatch.setattr(SafetensorsFile, "read", failing_read)
+    monkeypatch.setattr(ocp.partial, "save_async", counted_save_async)
+    monkeypatch.setattr(llama_shared.convert_flax, "GROUP_BYTES", 20_000)
+    assert_fails_cleanly(src, tmp_path / "out", to, "input/output error")
+    assert to != "flax" or len(saves) > 1
+
+
 def test_read_ahead_keeps_order_and_reraises_in_the_consumer(hf_checkpoint):
     import threading
 
