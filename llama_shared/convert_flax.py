@@ -2,10 +2,11 @@
 FlaxLlamaForCausalLM holds it (transformers' Flax paths, kernels [in, out]); transformers'
 flax_model.msgpack is read too.
 
-Writing streams the tree into one checkpoint with Orbax v1's partial saves (ocp.v1.partial.save of
-one group of tensors after another, then ocp.v1.partial.finalize), so only one group is in memory; the
-result is an ordinary Orbax checkpoint whose PyTree is the whole parameter tree
-(ocp.v1.load(folder/params)). Reading restores one group at a time (Orbax partial restore).
+Writing streams the tree into one checkpoint with Orbax v1's partial saves (ocp.v1.partial.save_async
+of one group of tensors after another, then ocp.v1.partial.finalize), so only the group being written
+and the one being read are in memory; the result is an ordinary Orbax checkpoint whose PyTree is the
+whole parameter tree (ocp.v1.load(folder/params)). Reading restores one group at a time (Orbax
+partial restore).
 """
 
 from __future__ import annotations
@@ -155,32 +156,35 @@ def write_flax(source: TensorSource, directory: str) -> None:
     from orbax.checkpoint.experimental import v1 as ocp
 
     params = os.path.abspath(os.path.join(directory, PARAMS_DIR))
-    # Kernels are transposed in a thread of their own, and each group is read and transposed while
-    # Orbax writes the one before (one partial save at a time: concurrent ones of one checkpoint
-    # conflict).
+    # Kernels are transposed in a thread of their own, overlapping Orbax's writing.
     flax_tensors = read_ahead(lambda: _flax_layout(source.tensors()))
     context = ocp.Context()
     context.array.saving.use_compression = False  # costs CPU time and saves nothing on weights
     context.memory.deepcopy_host_arrays = False  # nothing modifies a group while it is saved
-    saving = None
     with context:
-        try:
-            for group in _groups(flax_tensors, lambda t: t[1].nbytes, GROUP_BYTES):
-                if saving is not None:
-                    saving.result()
-                saving = ocp.partial.save_async(params, unflatten_tree(dict(group)))
-                del group
-            if saving is not None:
-                saving.result()
-        except BaseException:
-            # The write in flight finishes before the caller removes the folder; the first error is raised.
-            if saving is not None:
-                with contextlib.suppress(Exception):
-                    saving.result()
-            raise
+        _save_groups(ocp, params, _groups(flax_tensors, lambda t: t[1].nbytes, GROUP_BYTES))
         ocp.partial.finalize(params)
     source.config.replace(torch_dtype=source.dtype_name).save_pretrained(directory)
     write_side_files(source, directory)
+
+
+def _save_groups(ocp: Any, params: str, groups: Iterable[list[tuple[tuple[str, ...], np.ndarray]]]) -> None:
+    """Partial-save each group of (tree path, array) while the next group is read: one save in
+    flight at a time (two partial saves of one checkpoint at once conflict). On an error the save in
+    flight finishes first, so that the caller can remove the folder; the first error is raised."""
+    saving = None
+    try:
+        for group in groups:
+            if saving is not None:
+                saving.result()
+            saving = ocp.partial.save_async(params, unflatten_tree(dict(group)))
+    except BaseException:
+        if saving is not None:
+            with contextlib.suppress(Exception):
+                saving.result()
+        raise
+    if saving is not None:
+        saving.result()
 
 
 def _flax_layout(tensors: Iterator[tuple[str, np.ndarray]]) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
