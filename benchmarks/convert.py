@@ -159,19 +159,28 @@ def disk_duplex_speed(path: str, size: int) -> float:
         free.put(mmap.mmap(-1, BLOCK))
 
     def read() -> None:
-        with open(path, "rb", buffering=0) as src:
-            for _ in range(blocks):
-                buffer = free.get()
-                src.readinto(buffer)
-                full.put(buffer)
+        try:
+            with open(path, "rb", buffering=0) as src:
+                for _ in range(blocks):
+                    buffer = free.get()
+                    src.readinto(buffer)
+                    full.put(buffer)
+        except OSError as error:  # handed to the writing thread, which raises it
+            full.put(error)
 
-    fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
+    try:
+        fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
+    except OSError as e:
+        raise SystemExit(f"{os.path.dirname(path)} does not take O_DIRECT writes ({e}); "
+                         f"pass --workdir on a disk-backed file system") from None
     reader = threading.Thread(target=read)
     start = time.perf_counter()
     reader.start()
     try:
         for _ in range(blocks):
             buffer = full.get()
+            if isinstance(buffer, OSError):
+                raise buffer
             os.write(fd, buffer)
             free.put(buffer)
         seconds = time.perf_counter() - start
@@ -233,7 +242,8 @@ def main() -> None:
     for name, *_ in runs:
         r = best[name]
         print(f"{name:<12} {r['seconds']:>8.1f} {r['read'] / 1e9:>10.2f} {r['read'] / disk:>8.2f} "
-              f"{r['read'] / copy:>8.2f} {r['read'] / duplex:>10.2f} {r['peak_rss'] / 1e9:>12.2f} {r['peak_rss'] / budget:>10.2f} "
+              f"{r['read'] / copy:>8.2f} {r['read'] / duplex:>10.2f} {r['peak_rss'] / 1e9:>12.2f} "
+              f"{r['peak_rss'] / budget:>10.2f} "
               f"{r['rss_after_imports'] / 1e9:>18.2f}")
     if not args.workdir:
         shutil.rmtree(workdir)
