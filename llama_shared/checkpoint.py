@@ -17,6 +17,7 @@ import ml_dtypes
 import numpy as np
 
 from llama_shared.errors import CheckpointError
+from llama_shared.pagecache import WriteBehind, read_into
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -117,6 +118,18 @@ class SafetensorsFile:
                 raise CheckpointError(f"{self.path} is truncated inside tensor {key!r}")
         return array
 
+    def read_once(self, key: str) -> np.ndarray:
+        """Like read, then drops the tensor's bytes from the page cache: for a single pass over a
+        checkpoint (conversion), which would otherwise leave the whole file cached."""
+        entry = self._entry(key)
+        begin, end = entry["data_offsets"]
+        array = np.empty(entry["shape"], DTYPES[entry["dtype"]])
+        with open(self.path, "rb", buffering=0) as f:
+            n = read_into(f.fileno(), memoryview(array.reshape(-1).view(np.uint8)), self._data_start + begin)
+            if n != end - begin:
+                raise CheckpointError(f"{self.path} is truncated inside tensor {key!r}")
+        return array
+
     def _entry(self, key: str) -> dict[str, Any]:
         try:
             return self._entries[key]
@@ -171,6 +184,10 @@ class Checkpoint:
         """A private copy of the tensor read from disk (see SafetensorsFile.read)."""
         return self._file_for(key).read(key)
 
+    def read_once(self, key: str) -> np.ndarray:
+        """The tensor read, then dropped from the page cache (see SafetensorsFile.read_once)."""
+        return self._file_for(key).read_once(key)
+
     def _file_for(self, key: str) -> SafetensorsFile:
         if key not in self._key_to_file:
             raise CheckpointError(f"tensor {key!r} is not in the checkpoint at {self.directory}")
@@ -204,10 +221,13 @@ def _read_index(index_path: str) -> dict[str, str]:
 
 
 class SafetensorsWriter:
-    """Writes one .safetensors file tensor by tensor, in the order given to the constructor."""
+    """Writes one .safetensors file tensor by tensor, in the order given to the constructor.
+
+    With write_behind, the bytes go to disk a few pieces behind the writer and leave the page cache
+    (pagecache.WriteBehind): for conversions, which write each file once and do not read it back."""
 
     def __init__(self, path: str | os.PathLike, specs: Mapping[str, tuple[tuple[int, ...], np.dtype]],
-                 metadata: Mapping[str, str] | None = None):
+                 metadata: Mapping[str, str] | None = None, write_behind: bool = False):
         self.path = os.fspath(path)
         header: dict[str, Any] = {"__metadata__": {"format": "pt", **(metadata or {})}}
         offset = 0
@@ -223,17 +243,31 @@ class SafetensorsWriter:
         self._file = open(self.path, "wb")
         self._file.write(struct.pack("<Q", len(encoded)) + encoded)
         self._next = 0
+        self._behind: WriteBehind | None = None
+        if write_behind:
+            self._file.flush()
+            self._behind = WriteBehind(self._file.fileno(), self.path)
+            self._offset = self._file.tell()
 
     def write(self, name: str, array: np.ndarray) -> None:
         expected_name, shape, dtype = self._order[self._next]
         if name != expected_name or tuple(array.shape) != shape or np.dtype(array.dtype) != dtype:
             raise CheckpointError(f"{self.path}: expected tensor {expected_name!r} {shape} {dtype} next, got "
                                   f"{name!r} {tuple(array.shape)} {array.dtype}")
-        self._file.write(memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8)))
+        data = memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+        if self._behind is None:
+            self._file.write(data)
+        else:
+            self._behind.write(self._offset, data)
+            self._offset += len(data)
         self._next += 1
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            if self._behind is not None:
+                self._behind.finish()
+        finally:
+            self._file.close()
         if self._next != len(self._order):
             raise CheckpointError(f"{self.path}: closed after {self._next} of {len(self._order)} tensors")
 
@@ -264,11 +298,11 @@ def plan_shards(specs: Mapping[str, tuple[tuple[int, ...], np.dtype]],
 
 def write_checkpoint(directory: str | os.PathLike, specs: Mapping[str, tuple[tuple[int, ...], np.dtype]],
                      tensors: Iterable[tuple[str, np.ndarray]], max_shard_size: int = DEFAULT_SHARD_SIZE,
-                     metadata: Mapping[str, str] | None = None) -> list[str]:
+                     metadata: Mapping[str, str] | None = None, write_behind: bool = False) -> list[str]:
     """Stream tensors (in the order of specs) into model.safetensors or shards + index; return file names.
 
     Only one tensor is held at a time. Old weight files of another layout in the folder are removed
-    so that a reader never mixes two saves.
+    so that a reader never mixes two saves. write_behind: see SafetensorsWriter.
     """
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
@@ -281,7 +315,7 @@ def write_checkpoint(directory: str | os.PathLike, specs: Mapping[str, tuple[tup
     total = 0
     for file_name, shard in zip(names, shards):
         shard_specs = {name: specs[name] for name in shard}
-        with SafetensorsWriter(os.path.join(directory, file_name), shard_specs, metadata) as writer:
+        with SafetensorsWriter(os.path.join(directory, file_name), shard_specs, metadata, write_behind) as writer:
             for _ in shard:
                 name, array = next(iterator)
                 writer.write(name, array)

@@ -104,7 +104,7 @@ def hf_source(path: str | os.PathLike) -> TensorSource:
             and not (config.tie_word_embeddings and k == "lm_head.weight")]
     keys.sort(key=hf_key_order)
     specs = {k: (checkpoint.shape(k), checkpoint.dtype(k)) for k in keys}
-    return TensorSource(config, specs, lambda: ((k, checkpoint.read(k)) for k in keys), carried_files(path))
+    return TensorSource(config, specs, lambda: ((k, checkpoint.read_once(k)) for k in keys), carried_files(path))
 
 
 def carried_files(path: str, names: tuple[str, ...] = CARRIED_FILES) -> dict[str, str]:
@@ -114,7 +114,7 @@ def carried_files(path: str, names: tuple[str, ...] = CARRIED_FILES) -> dict[str
 
 def write_hf(source: TensorSource, directory: str, shard_size: int = DEFAULT_SHARD_SIZE) -> None:
     """Write config.json, safetensors (sharded with an index above shard_size) and the carried files."""
-    write_checkpoint(directory, source.specs, source.tensors(), shard_size)
+    write_checkpoint(directory, source.specs, source.tensors(), shard_size, write_behind=True)
     source.config.replace(torch_dtype=source.dtype_name).save_pretrained(directory)
     write_side_files(source, directory)
 

@@ -22,6 +22,7 @@ from llama_shared.config import LlamaConfig
 from llama_shared.convert import TensorSource, carried_files, read_ahead, write_side_files
 from llama_shared.errors import CheckpointError
 from llama_shared.naming import flatten_tree, flax_path, hf_key, hf_key_order, unflatten_tree
+from llama_shared.pagecache import drop_cached_files
 
 PARAMS_DIR = "params"
 # Orbax's name for the PyTree inside a checkpoint written by its v1 API (partial saves); a params/
@@ -133,6 +134,7 @@ def _orbax_reader(directory: str) -> tuple[dict, Any]:
             names = ", ".join("/".join(p) for p in targets)
             raise CheckpointError(f"could not read {names} from {directory}: {e}") from None
         flat = flatten_tree(restored)
+        drop_cached_files(directory)  # a single pass: read pages are not needed again
         return {p: np.asarray(flat[p]) for p in targets}
 
     return shapes, read
@@ -170,13 +172,15 @@ def write_flax(source: TensorSource, directory: str) -> None:
 
 def _save_groups(ocp: Any, params: str, groups: Iterable[list[tuple[tuple[str, ...], np.ndarray]]]) -> None:
     """Partial-save each group of (tree path, array) while the next group is read: one save in
-    flight at a time (two partial saves of one checkpoint at once conflict). On an error the save in
-    flight finishes first, so that the caller can remove the folder; the first error is raised."""
+    flight at a time (two partial saves of one checkpoint at once conflict), each dropped from the
+    page cache once written. On an error the save in flight finishes first, so that the caller can
+    remove the folder; the first error is raised."""
     saving = None
     try:
         for group in groups:
             if saving is not None:
                 saving.result()
+                drop_cached_files(params)  # Orbax has synced the group: its pages are clean
             saving = ocp.partial.save_async(params, unflatten_tree(dict(group)))
     except BaseException:
         if saving is not None:

@@ -6,7 +6,8 @@ Reading merges the model-parallel files along fairscale's split dimensions
 (k with num_key_value_heads). The files are memory-mapped with torch.load(weights_only=True,
 mmap=True) and reopened for each layer, so only one layer's pieces are ever resident. Writing
 lays out each consolidated.NN.pth with torch.save's own format, storage space reserved
-(torch.serialization.skip_data), then fills every tensor's record in place as it arrives.
+(torch.serialization.skip_data), then fills every tensor's record in place as it arrives. Both
+directions keep the page cache to about a layer (llama_shared.pagecache).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from llama_shared.errors import CheckpointError
 from llama_shared.naming import (LLAMA3_MIN_VOCAB, hf_key_from_meta, interleaved_from_rotate_half, is_ignored_key,
                                  meta_key, meta_split_dim, rotary_rows_heads,
                                  rotate_half_from_interleaved)
+from llama_shared.pagecache import WriteBehind, drop_cached
 
 PARAMS_FILE = "params.json"
 TOKENIZER_FILE = "tokenizer.model"
@@ -166,6 +168,12 @@ class MetaCheckpoint:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def drop_cached(self) -> None:
+        """Evict the files' unmapped pages from the page cache (pagecache.drop_cached)."""
+        for path in self.paths:
+            with open(path, "rb", buffering=0) as f:
+                drop_cached(f.fileno())
+
     def load(self, rank: int) -> dict[str, Any]:
         """One file's state dict, memory-mapped: its pages are resident only while it is referenced."""
         import torch
@@ -212,7 +220,8 @@ def meta_source(path: str | os.PathLike) -> TensorSource:
                 dim = embedding_dim if key == "tok_embeddings.weight" else meta_split_dim(key, vocab_size)
                 array = np.concatenate(pieces, axis=dim) if dim is not None and n_files > 1 else np.array(pieces[0])
                 yield hf_key_from_meta(key), _to_rotate_half(key, array, config)
-            del states, pieces
+            del states, pieces  # unmapped, so that the group's pages can leave the page cache
+            checkpoint.drop_cached()
 
     files = carried_files(checkpoint.directory, (TOKENIZER_FILE,))
     generation = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id, **GENERATION_DEFAULTS}
@@ -378,8 +387,9 @@ def write_meta(source: TensorSource, directory: str, num_shards: int = 1) -> Non
     paths = [os.path.join(directory, f"consolidated.{rank:02d}.pth") for rank in range(num_shards)]
     offsets = [_reserve_pth(path, _shard_specs(specs, rank, num_shards, vocab)) for rank, path in enumerate(paths)]
     written: set[str] = set()
-    files = [open(path, "r+b") for path in paths]
+    files = [open(path, "r+b", buffering=0) for path in paths]
     try:
+        writers = [WriteBehind(f.fileno(), path) for f, path in zip(files, paths)]
         for key, array in source.tensors():
             meta = meta_key(key)
             array = _to_interleaved(meta, array, config)
@@ -388,10 +398,12 @@ def write_meta(source: TensorSource, directory: str, num_shards: int = 1) -> Non
             for target in targets:
                 dim = meta_split_dim(target, vocab)
                 pieces = np.split(array, num_shards, axis=dim) if dim is not None else [array] * num_shards
-                for f, piece, rank_offsets in zip(files, pieces, offsets):
-                    f.seek(rank_offsets[target])
-                    f.write(memoryview(np.ascontiguousarray(piece).reshape(-1).view(np.uint8)))
+                for writer, piece, rank_offsets in zip(writers, pieces, offsets):
+                    data = memoryview(np.ascontiguousarray(piece).reshape(-1).view(np.uint8))
+                    writer.write(rank_offsets[target], data)
                 written.add(target)
+        for writer in writers:
+            writer.finish()
     finally:
         for f in files:
             f.close()

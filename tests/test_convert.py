@@ -295,7 +295,7 @@ def test_read_error_mid_conversion(hf_checkpoint, tmp_path, monkeypatch, to):
 
     src = hf_checkpoint()
     count = len(Checkpoint(src).keys())
-    real_read, real_save_async, reads, saves = SafetensorsFile.read, ocp.partial.save_async, [], []
+    real_read, real_save_async, reads, saves = SafetensorsFile.read_once, ocp.partial.save_async, [], []
 
     def failing_read(self, key):
         reads.append(key)
@@ -307,7 +307,7 @@ def test_read_error_mid_conversion(hf_checkpoint, tmp_path, monkeypatch, to):
         saves.append(1)
         return real_save_async(*args, **kwargs)
 
-    monkeypatch.setattr(SafetensorsFile, "read", failing_read)
+    monkeypatch.setattr(SafetensorsFile, "read_once", failing_read)
     monkeypatch.setattr(ocp.partial, "save_async", counted_save_async)
     monkeypatch.setattr(llama_shared.convert_flax, "GROUP_BYTES", 20_000)
     assert_fails_cleanly(src, tmp_path / "out", to, "input/output error")

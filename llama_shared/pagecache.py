@@ -1,0 +1,128 @@
+"""A single pass over a checkpoint that keeps the page cache small: pages of the source are dropped
+once read, and pages written are sent to disk a few pieces behind the writer and dropped.
+
+Without this a conversion leaves the model in the page cache twice (source and output), and its
+writes pile up as dirty pages until the kernel's own writeback throttles them. On virtual machines
+that hand free memory back to their host (free page reporting, as on the dev box), every page the
+cache grows into also costs a fault on the host: there a 2.47 GB hf -> hf conversion started 10 s
+after memory was freed took 3.0-3.4 s recycling a few dozen MB of cache, 7.4-8.1 s without
+(benchmarks/RESULTS.md). Where the system lacks posix_fadvise or sync_file_range (not Linux),
+files are read and written the ordinary way.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import errno
+import os
+
+# Bytes read or written per call: the page cache a reader holds at once. How many written bytes
+# may wait for the disk before the writer waits for the oldest piece.
+PIECE = 16 * 2**20
+WRITE_WINDOW = 4 * PIECE
+
+_SYNC_WAIT_BEFORE, _SYNC_WRITE, _SYNC_WAIT_AFTER = 1, 2, 4
+
+
+def _sync_file_range_function():
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (AttributeError, OSError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_sync_file_range = _sync_file_range_function()
+
+
+def drop_cached(fd: int, offset: int = 0, length: int = 0) -> None:
+    """Evict the clean cached pages of [offset, offset + length) of an open file (length 0: to its end)."""
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
+def drop_cached_files(directory: str) -> None:
+    """Evict the clean cached pages of every file under directory (dirty pages stay, unwritten)."""
+    for root, _, names in os.walk(directory):
+        for name in names:
+            try:
+                fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            except OSError:  # removed meanwhile, or unreadable: nothing of ours to drop
+                continue
+            try:
+                drop_cached(fd)
+            finally:
+                os.close(fd)
+
+
+def read_into(fd: int, buffer: memoryview, offset: int) -> int:
+    """Read len(buffer) bytes at offset (fewer only at the end of the file) piece by piece, dropping
+    each piece from the page cache once copied; returns the number of bytes read."""
+    done = 0
+    while done < len(buffer):
+        n = os.preadv(fd, [buffer[done:done + PIECE]], offset + done)
+        if n == 0:
+            break
+        drop_cached(fd, offset + done, n)
+        done += n
+    return done
+
+
+class WriteBehind:
+    """Positional writes to one open file whose pages go to disk a few pieces behind the writer and
+    are then dropped, so that the file's dirty and cached pages stay under WRITE_WINDOW + PIECE.
+
+    finish() waits for the last pieces; an I/O error reported while waiting is raised naming the file.
+    """
+
+    def __init__(self, fd: int, path: str):
+        self.fd, self.path = fd, path
+        self._pending: collections.deque[tuple[int, int]] = collections.deque()
+        self._pending_bytes = 0
+        self._enabled = _sync_file_range is not None
+
+    def write(self, offset: int, data: memoryview) -> None:
+        """Write data at offset, piece by piece."""
+        data = data.cast("B")
+        for start in range(0, len(data), PIECE):
+            piece = data[start:start + PIECE]
+            done = 0
+            while done < len(piece):
+                done += os.pwrite(self.fd, piece[done:], offset + start + done)
+            self._written(offset + start, len(piece))
+
+    def finish(self) -> None:
+        """Wait until every piece written is on its way to disk and dropped from the page cache."""
+        while self._pending:
+            self._retire()
+
+    def _written(self, offset: int, length: int) -> None:
+        if not self._enabled:
+            return
+        if not self._sync(offset, length, _SYNC_WRITE):
+            return
+        self._pending.append((offset, length))
+        self._pending_bytes += length
+        while self._pending_bytes > WRITE_WINDOW:
+            self._retire()
+
+    def _retire(self) -> None:
+        offset, length = self._pending.popleft()
+        self._pending_bytes -= length
+        if self._sync(offset, length, _SYNC_WAIT_BEFORE | _SYNC_WRITE | _SYNC_WAIT_AFTER):
+            drop_cached(self.fd, offset, length)
+
+    def _sync(self, offset: int, length: int, flags: int) -> bool:
+        """sync_file_range; False (and write-behind off for this file) where the file system refuses it."""
+        if _sync_file_range(self.fd, offset, length, flags) == 0:
+            return True
+        code = ctypes.get_errno()
+        if code in (errno.EINVAL, errno.ESPIPE, errno.ENOSYS, errno.EOPNOTSUPP):
+            self._enabled = False
+            self._pending.clear()
+            self._pending_bytes = 0
+            return False
+        raise OSError(code, f"writing {self.path}: {os.strerror(code)}")
