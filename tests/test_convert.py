@@ -100,6 +100,29 @@ def test_hf_meta_hf_is_bit_exact(hf_checkpoint, tmp_path, case, num_shards):
     assert_same_model_config(src, tmp_path / "back")
 
 
+@pytest.mark.parametrize("layout", ["records", "column-major", "larger-storage"])
+def test_meta_reader_reads_whole_records_directly_and_others_through_the_map(hf_checkpoint, tmp_path, layout):
+    """Files whose tensors are whole records of their own (torch.save of plain tensors) are read
+    with pread; a file holding a column-major tensor or a view of a larger storage is copied out of
+    torch.load's memory map. All give the same tensors."""
+    from llama_shared.convert_meta import MetaCheckpoint
+
+    src = hf_checkpoint(num_key_value_heads=4)
+    convert(src, tmp_path / "meta", "meta", num_shards=2, progress=False)
+    path = tmp_path / "meta" / "consolidated.01.pth"
+    state = torch.load(path, weights_only=True)
+    if layout == "column-major":
+        state["layers.0.attention.wq.weight"] = state["layers.0.attention.wq.weight"].t().contiguous().t()
+    if layout == "larger-storage":
+        norm = state["norm.weight"]
+        state["norm.weight"] = torch.cat([norm, norm])[:norm.numel()]
+    torch.save(state, path)
+    read_directly = [offsets is not None for offsets in MetaCheckpoint(tmp_path / "meta")._offsets]
+    assert read_directly == ([True, True] if layout == "records" else [True, False])
+    convert(tmp_path / "meta", tmp_path / "back", "hf", progress=False)
+    assert_same_tensors(src, tmp_path / "back")
+
+
 def test_meta_writer_falls_back_to_fake_tensors_when_address_space_is_refused(hf_checkpoint, tmp_path,
                                                                                monkeypatch):
     """Under strict overcommit the first torch.empty of a large tensor fails; the writer then lays the
