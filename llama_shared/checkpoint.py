@@ -125,7 +125,7 @@ class SafetensorsFile:
         begin, end = entry["data_offsets"]
         array = np.empty(entry["shape"], DTYPES[entry["dtype"]])
         with open(self.path, "rb", buffering=0) as f:
-            n = read_into(f.fileno(), memoryview(array.reshape(-1).view(np.uint8)), self._data_start + begin)
+            n = read_into(f, memoryview(array.reshape(-1).view(np.uint8)), self._data_start + begin)
             if n != end - begin:
                 raise CheckpointError(f"{self.path} is truncated inside tensor {key!r}")
         return array
@@ -244,9 +244,9 @@ class SafetensorsWriter:
         self._file.write(struct.pack("<Q", len(encoded)) + encoded)
         self._next = 0
         self._behind: WriteBehind | None = None
-        if write_behind:
+        if write_behind:  # from here on every byte goes through the unbuffered file underneath
             self._file.flush()
-            self._behind = WriteBehind(self._file.fileno(), self.path)
+            self._behind = WriteBehind(self._file.raw, self.path)
             self._offset = self._file.tell()
 
     def write(self, name: str, array: np.ndarray) -> None:

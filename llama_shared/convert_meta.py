@@ -192,7 +192,7 @@ class MetaCheckpoint:
         path, (shape, dtype) = self.paths[rank], self.shapes[rank][key]
         array = np.empty(shape, dtype)
         with open(path, "rb", buffering=0) as f:
-            n = read_into(f.fileno(), memoryview(array.reshape(-1).view(np.uint8)), self._offsets[rank][key])
+            n = read_into(f, memoryview(array.reshape(-1).view(np.uint8)), self._offsets[rank][key])
             if n != array.nbytes:
                 raise CheckpointError(f"{path} is truncated inside tensor {key!r}")
         return array
@@ -408,7 +408,7 @@ def write_meta(source: TensorSource, directory: str, num_shards: int = 1) -> Non
     written: set[str] = set()
     files = [open(path, "r+b", buffering=0) for path in paths]
     try:
-        writers = [WriteBehind(f.fileno(), path) for f, path in zip(files, paths)]
+        writers = [WriteBehind(f, path) for f, path in zip(files, paths)]
         for key, array in source.tensors():
             meta = meta_key(key)
             array = _to_interleaved(meta, array, config)

@@ -16,6 +16,7 @@ import collections
 import ctypes
 import errno
 import os
+from typing import BinaryIO
 
 # Bytes read or written per call: the page cache a reader holds at once. How many written bytes
 # may wait for the disk before the writer waits for the oldest piece.
@@ -58,28 +59,29 @@ def drop_cached_files(directory: str) -> None:
                 os.close(fd)
 
 
-def read_into(fd: int, buffer: memoryview, offset: int) -> int:
-    """Read len(buffer) bytes at offset (fewer only at the end of the file) piece by piece, dropping
-    each piece from the page cache once copied; returns the number of bytes read."""
+def read_into(file: BinaryIO, buffer: memoryview, offset: int) -> int:
+    """Read len(buffer) bytes at offset of an unbuffered file (fewer only at its end) piece by piece,
+    dropping each piece from the page cache once copied; returns the number of bytes read."""
     done = 0
     while done < len(buffer):
-        n = os.preadv(fd, [buffer[done:done + PIECE]], offset + done)
-        if n == 0:
+        file.seek(offset + done)
+        n = file.readinto(buffer[done:done + PIECE])
+        if not n:
             break
-        drop_cached(fd, offset + done, n)
+        drop_cached(file.fileno(), offset + done, n)
         done += n
     return done
 
 
 class WriteBehind:
-    """Positional writes to one open file whose pages go to disk a few pieces behind the writer and
-    are then dropped, so that the file's dirty and cached pages stay under WRITE_WINDOW + PIECE.
+    """Positional writes to one unbuffered file whose pages go to disk a few pieces behind the writer
+    and are then dropped, so that the file's dirty and cached pages stay under WRITE_WINDOW + PIECE.
 
     finish() waits for the last pieces; an I/O error reported while waiting is raised naming the file.
     """
 
-    def __init__(self, fd: int, path: str):
-        self.fd, self.path = fd, path
+    def __init__(self, file: BinaryIO, path: str):
+        self.file, self.fd, self.path = file, file.fileno(), path
         self._pending: collections.deque[tuple[int, int]] = collections.deque()
         self._pending_bytes = 0
         self._enabled = _sync_file_range is not None
@@ -89,9 +91,10 @@ class WriteBehind:
         data = data.cast("B")
         for start in range(0, len(data), PIECE):
             piece = data[start:start + PIECE]
+            self.file.seek(offset + start)
             done = 0
             while done < len(piece):
-                done += os.pwrite(self.fd, piece[done:], offset + start + done)
+                done += self.file.write(piece[done:])
             self._written(offset + start, len(piece))
 
     def finish(self) -> None:

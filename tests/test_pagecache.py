@@ -35,8 +35,8 @@ def test_read_into_reads_every_byte_and_drops_each_piece_once_read(tmp_path, sma
     path.write_bytes(data.tobytes())
     buffer = np.zeros(3 * PIECE + 7, np.uint8)
     with open(path, "rb", buffering=0) as f:
-        assert pagecache.read_into(f.fileno(), memoryview(buffer), 1000) == len(buffer)
-        assert pagecache.read_into(f.fileno(), memoryview(np.zeros(2 * PIECE, np.uint8)), 4 * PIECE) == PIECE + 123
+        assert pagecache.read_into(f, memoryview(buffer), 1000) == len(buffer)
+        assert pagecache.read_into(f, memoryview(np.zeros(2 * PIECE, np.uint8)), 4 * PIECE) == PIECE + 123
     assert np.array_equal(buffer, data[1000:1000 + len(buffer)])
     assert max(length for _, length in small_pieces) <= PIECE
     assert covered(small_pieces) == set(range(1000, 1000 + len(buffer))) | set(range(4 * PIECE, 5 * PIECE + 123))
@@ -55,7 +55,7 @@ def test_write_behind_writes_every_byte_and_drops_it_a_window_behind(tmp_path, s
     data = np.random.default_rng(1).integers(0, 256, 7 * PIECE + 5, dtype=np.uint8)
     path = tmp_path / "out.bin"
     with open(path, "wb", buffering=0) as f:
-        writer = pagecache.WriteBehind(f.fileno(), str(path))
+        writer = pagecache.WriteBehind(f, str(path))
         writer.write(100, memoryview(data[:3 * PIECE]))
         assert writer._pending_bytes <= pagecache.WRITE_WINDOW
         assert small_pieces, "pieces beyond the window are dropped while writing"
@@ -78,7 +78,7 @@ def test_write_behind_reports_a_disk_error_naming_the_file(tmp_path, monkeypatch
     monkeypatch.setattr(pagecache, "_sync_file_range", failing_sync(errno.EIO))
     path = tmp_path / "out.bin"
     with open(path, "wb", buffering=0) as f:
-        writer = pagecache.WriteBehind(f.fileno(), str(path))
+        writer = pagecache.WriteBehind(f, str(path))
         writer._enabled = True
         with pytest.raises(OSError, match=f"writing {path}"):
             writer.write(0, memoryview(b"x" * 10))
@@ -89,7 +89,7 @@ def test_write_behind_writes_plainly_where_the_file_system_refuses_it(tmp_path, 
     path = tmp_path / "out.bin"
     data = os.urandom(3 * PIECE)
     with open(path, "wb", buffering=0) as f:
-        writer = pagecache.WriteBehind(f.fileno(), str(path))
+        writer = pagecache.WriteBehind(f, str(path))
         writer._enabled = True
         writer.write(0, memoryview(data))
         writer.finish()
