@@ -3,8 +3,10 @@ Hugging Face tensors.
 
 Reading merges the model-parallel files along fairscale's split dimensions
 (naming.META_SPLIT_DIMS) and permutes q/k rows from Meta's interleaved RoPE pairs to rotate_half
-(k with num_key_value_heads). The files are memory-mapped with torch.load(weights_only=True,
-mmap=True) and reopened for each layer, so only one layer's pieces are ever resident. Writing
+(k with num_key_value_heads), one layer at a time. Each file is first opened with
+torch.load(weights_only=True, mmap=True) for its names, shapes and layout; tensors stored whole in
+records of their own (what torch.save writes) are then read straight from their records, others
+copied out of the memory map, reopened for each layer. Writing
 lays out each consolidated.NN.pth with torch.save's own format, storage space reserved
 (torch.serialization.skip_data), then fills every tensor's record in place as it arrives. Both
 directions keep the page cache to about a layer (llama_shared.pagecache).
@@ -137,7 +139,7 @@ def meta_ffn_params(dim: int, intermediate_size: int) -> tuple[int, float | None
 
 
 class MetaCheckpoint:
-    """The model-parallel files of a Meta checkpoint folder, each opened (memory-mapped) on demand."""
+    """The model-parallel files of a Meta checkpoint folder, read one group of tensors at a time."""
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = os.fspath(directory)
@@ -174,8 +176,9 @@ class MetaCheckpoint:
         """Each key's pieces, one new array per file, leaving none of their pages in the page cache.
 
         Where every file stores each tensor whole in a record of its own (as torch.save does), the
-        pieces are read straight into their arrays (pread, dropped behind: about 3x faster than
-        copying out of a memory map); otherwise they are copied out of torch.load's memory map."""
+        pieces are read straight into their arrays and dropped behind (about 3x faster than copying
+        out of a memory map page fault by page fault); otherwise they are copied out of
+        torch.load's memory map."""
         if all(offsets is not None for offsets in self._offsets):
             for key in keys:
                 yield key, [self._read(rank, key) for rank in range(len(self))]
