@@ -17,7 +17,7 @@ import ml_dtypes
 import numpy as np
 
 from llama_shared.errors import CheckpointError
-from llama_shared.pagecache import WriteBehind, read_into
+from llama_shared.pagecache import WriteBehind, read_tensor
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -109,26 +109,17 @@ class SafetensorsFile:
     def read(self, key: str) -> np.ndarray:
         """The tensor as a private copy read from disk, no mapping kept: a pass over a model larger
         than RAM holds only the tensor at hand (mapped pages would stay resident until unmapped)."""
-        entry = self._entry(key)
-        begin, end = entry["data_offsets"]
-        array = np.empty(entry["shape"], DTYPES[entry["dtype"]])
-        with open(self.path, "rb") as f:
-            f.seek(self._data_start + begin)
-            if f.readinto(memoryview(array.reshape(-1).view(np.uint8))) != end - begin:
-                raise CheckpointError(f"{self.path} is truncated inside tensor {key!r}")
-        return array
+        return self._read(key, keep_cached=True)
 
     def read_once(self, key: str) -> np.ndarray:
         """Like read, then drops the tensor's bytes from the page cache: for a single pass over a
         checkpoint (conversion), which would otherwise leave the whole file cached."""
+        return self._read(key, keep_cached=False)
+
+    def _read(self, key: str, keep_cached: bool) -> np.ndarray:
         entry = self._entry(key)
-        begin, end = entry["data_offsets"]
-        array = np.empty(entry["shape"], DTYPES[entry["dtype"]])
-        with open(self.path, "rb", buffering=0) as f:
-            n = read_into(f, memoryview(array.reshape(-1).view(np.uint8)), self._data_start + begin)
-            if n != end - begin:
-                raise CheckpointError(f"{self.path} is truncated inside tensor {key!r}")
-        return array
+        return read_tensor(self.path, self._data_start + entry["data_offsets"][0], tuple(entry["shape"]),
+                           DTYPES[entry["dtype"]], key, keep_cached)
 
     def _entry(self, key: str) -> dict[str, Any]:
         try:

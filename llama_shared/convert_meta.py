@@ -35,7 +35,7 @@ from llama_shared.errors import CheckpointError
 from llama_shared.naming import (LLAMA3_MIN_VOCAB, hf_key_from_meta, interleaved_from_rotate_half, is_ignored_key,
                                  meta_key, meta_split_dim, rotary_rows_heads,
                                  rotate_half_from_interleaved)
-from llama_shared.pagecache import WriteBehind, drop_cached, read_into
+from llama_shared.pagecache import WriteBehind, drop_cached_file, read_tensor
 
 PARAMS_FILE = "params.json"
 TOKENIZER_FILE = "tokenizer.model"
@@ -188,17 +188,10 @@ class MetaCheckpoint:
             yield key, [np.array(_to_numpy(state[key])) for state in states]
         del states  # unmapped, so that the group's pages can leave the page cache
         for path in self.paths:
-            with open(path, "rb", buffering=0) as f:
-                drop_cached(f.fileno())
+            drop_cached_file(path)
 
     def _read(self, rank: int, key: str) -> np.ndarray:
-        path, (shape, dtype) = self.paths[rank], self.shapes[rank][key]
-        array = np.empty(shape, dtype)
-        with open(path, "rb", buffering=0) as f:
-            n = read_into(f, memoryview(array.reshape(-1).view(np.uint8)), self._offsets[rank][key])
-            if n != array.nbytes:
-                raise CheckpointError(f"{path} is truncated inside tensor {key!r}")
-        return array
+        return read_tensor(self.paths[rank], self._offsets[rank][key], *self.shapes[rank][key], key)
 
     def load(self, rank: int) -> dict[str, Any]:
         """One file's state dict, memory-mapped: its pages are resident only while it is referenced."""

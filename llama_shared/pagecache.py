@@ -18,6 +18,10 @@ import errno
 import os
 from typing import BinaryIO
 
+import numpy as np
+
+from llama_shared.errors import CheckpointError
+
 # Bytes read or written per call: the page cache a reader holds at once. How many written bytes
 # may wait for the disk before the writer waits for the oldest piece.
 PIECE = 16 * 2**20
@@ -45,32 +49,49 @@ def drop_cached(fd: int, offset: int = 0, length: int = 0) -> None:
         os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
+def drop_cached_file(path: str) -> None:
+    """Evict the clean cached pages of one file (dirty pages stay, unwritten)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # removed meanwhile, or unreadable: nothing of ours to drop
+        return
+    try:
+        drop_cached(fd)
+    finally:
+        os.close(fd)
+
+
 def drop_cached_files(directory: str) -> None:
     """Evict the clean cached pages of every file under directory (dirty pages stay, unwritten)."""
     for root, _, names in os.walk(directory):
         for name in names:
-            try:
-                fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            except OSError:  # removed meanwhile, or unreadable: nothing of ours to drop
-                continue
-            try:
-                drop_cached(fd)
-            finally:
-                os.close(fd)
+            drop_cached_file(os.path.join(root, name))
 
 
-def read_into(file: BinaryIO, buffer: memoryview, offset: int) -> int:
+def read_into(file: BinaryIO, buffer: memoryview, offset: int, keep_cached: bool = False) -> int:
     """Read len(buffer) bytes at offset of an unbuffered file (fewer only at its end) piece by piece,
-    dropping each piece from the page cache once copied; returns the number of bytes read."""
+    dropping each piece from the page cache once copied unless keep_cached; returns the bytes read."""
     done = 0
     while done < len(buffer):
         file.seek(offset + done)
         n = file.readinto(buffer[done:done + PIECE])
         if not n:
             break
-        drop_cached(file.fileno(), offset + done, n)
+        if not keep_cached:
+            drop_cached(file.fileno(), offset + done, n)
         done += n
     return done
+
+
+def read_tensor(path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype, name: str,
+                keep_cached: bool = False) -> np.ndarray:
+    """A new array of the tensor stored contiguously at offset of path (see read_into)."""
+    array = np.empty(shape, dtype)
+    with open(path, "rb", buffering=0) as f:
+        n = read_into(f, memoryview(array.reshape(-1).view(np.uint8)), offset, keep_cached)
+    if n != array.nbytes:
+        raise CheckpointError(f"{path} is truncated inside tensor {name!r}")
+    return array
 
 
 class WriteBehind:
