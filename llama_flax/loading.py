@@ -21,6 +21,7 @@ from flax import serialization
 
 from llama_flax.generation import GenerationMixin
 from llama_flax.quantization import quantize
+from llama_shared import layout
 from llama_shared.checkpoint import (DEFAULT_SHARD_SIZE, INDEX_FILE, SINGLE_FILE, Checkpoint, requested_dtype,
                                      resolve_model_dir, tensor_nbytes, write_checkpoint)
 from llama_shared.config import LlamaConfig
@@ -216,12 +217,20 @@ class FlaxPreTrainedModel(GenerationMixin):
             self.generation_defaults().save_pretrained(directory)
 
 
+def host_param(array: np.ndarray, dtype: Any, transposed: bool) -> np.ndarray:
+    """The host side of a param from a tensor in memory of its own: cast by numpy (fast on a
+    contiguous array) and, for a kernel, transposed as a view, which jax.device_put copies with XLA's
+    blocked host transpose (cheaper than numpy's copy). On the CPU device_put adopts a 64-byte-aligned
+    contiguous array instead of copying it: the array must never be a view of the mapped checkpoint."""
+    array = array.astype(dtype, copy=False)
+    return array.T if transposed else array
+
+
 def _read_whole(path: tuple[str, ...], spec: jax.ShapeDtypeStruct, checkpoint: Checkpoint, key: str,
                 transposed: bool) -> jax.Array:
-    array = checkpoint.read(key)
-    return jnp.asarray(array.T if transposed else array, dtype=spec.dtype)
+    return jax.device_put(host_param(checkpoint.read(key), spec.dtype, transposed))
 
 
 def _host(array: jax.Array, transposed: bool) -> np.ndarray:
     host = np.asarray(jax.device_get(array))
-    return np.ascontiguousarray(host.T) if transposed else host
+    return layout.transposed(host) if transposed else host

@@ -32,7 +32,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from llama_flax.loading import MSGPACK_FILE, FlaxPreTrainedModel, resolve_dtype
+from llama_flax.loading import MSGPACK_FILE, FlaxPreTrainedModel, host_param, resolve_dtype
 from llama_shared.checkpoint import INDEX_FILE, SINGLE_FILE, Checkpoint, resolve_model_dir
 from llama_shared.config import LlamaConfig
 from llama_shared.naming import flatten_tree, unflatten_tree
@@ -219,8 +219,8 @@ def from_pretrained_sharded(model_class: type[FlaxPreTrainedModel], path_or_repo
         stored, target = checkpoint.get(key), np.dtype(spec.dtype)
 
         def read(index: tuple) -> np.ndarray:
-            block = stored[tuple(reversed(index))].T if transposed else stored[index]
-            return np.ascontiguousarray(block, dtype=target)
+            block = np.array(stored[tuple(reversed(index)) if transposed else index], dtype=target)
+            return host_param(block, target, transposed)  # a copy: device_put may adopt it
 
         return jax.make_array_from_callback(spec.shape, shardings[path], read)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 
@@ -18,6 +19,7 @@ from jax.sharding import PartitionSpec as P
 from llama_flax import parallel
 from llama_flax.modeling import (FlaxLlamaForCausalLM, FlaxLlamaForQuestionAnswering,
                                  FlaxLlamaForSequenceClassification, FlaxLlamaForTokenClassification, FlaxLlamaModel)
+from llama_shared.checkpoint import SINGLE_FILE, Checkpoint, save_tensors
 from llama_shared.config import LlamaConfig
 from llama_shared.naming import flatten_tree
 
@@ -90,6 +92,30 @@ def test_sharded_loading_on_one_device_equals_from_pretrained(hf_checkpoint):
     ids = np.arange(3, 19).reshape(2, 8)
     np.testing.assert_array_equal(np.asarray(parallel.jit_forward(sharded, mesh)(sharded.params, ids)),
                                   np.asarray(plain(ids).logits))
+
+
+def test_sharded_params_do_not_alias_the_checkpoint_file(tmp_path):
+    """jax.device_put on the CPU aliases a 64-byte-aligned host buffer instead of copying it. A block
+    sliced from the memory-mapped checkpoint must not be handed over as it is: the params would then
+    change (or fault) when the file is rewritten, as save_pretrained into the same folder does."""
+    model = FlaxLlamaForCausalLM(LlamaConfig(**TINY))
+    model.save_pretrained(tmp_path / "saved")
+    saved = Checkpoint(tmp_path / "saved")
+    tensors = {key: saved.read(key) for key in saved.keys()}
+    for pad in range(64):  # a data section starting on a 64-byte boundary puts every tensor on one
+        save_tensors(tmp_path, tensors, metadata={"pad": "x" * pad})
+        with open(tmp_path / SINGLE_FILE, "rb") as f:
+            data_start = 8 + struct.unpack("<Q", f.read(8))[0]
+        if data_start % 64 == 0:
+            break
+    model.config.save_pretrained(tmp_path)
+    sharded = parallel.from_pretrained_sharded(FlaxLlamaForCausalLM, tmp_path, parallel.make_mesh())
+    loaded = {path: np.array(array) for path, array in flatten_tree(sharded.params).items()}
+    with open(tmp_path / SINGLE_FILE, "r+b") as f:
+        f.seek(data_start)
+        f.write(bytes(os.path.getsize(tmp_path / SINGLE_FILE) - data_start))
+    for path, array in flatten_tree(sharded.params).items():
+        np.testing.assert_array_equal(np.asarray(array), loaded[path], err_msg="/".join(path))
 
 
 def test_initialize_distributed_names_missing_variables(monkeypatch):
