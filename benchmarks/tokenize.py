@@ -21,8 +21,8 @@ import warnings  # noqa: E402
 
 from fixtures_tokenizer import english_ish_corpus, hf_llama3_fast, llama3_tiktoken_path, trained_spm_path  # noqa: E402
 
-from llama_shared.tokenizer import Llama3Tokenizer, LlamaTokenizerFast  # noqa: E402
-from llama_shared.tokenizer_tiktoken import LLAMA3_SPECIAL_TOKENS  # noqa: E402
+from llama_shared.tokenizers import Llama3Tokenizer, LlamaTokenizerFast  # noqa: E402
+from llama_shared.tokenizers.llama3 import LLAMA3_SPECIAL_TOKENS  # noqa: E402
 
 
 def best_time(fn, texts: list[str], repeats: int) -> tuple[float, list[list[int]]]:

@@ -72,7 +72,7 @@ def check_meshes(checkpoint: str) -> int:
     import jax
     import numpy as np
 
-    from llama_flax import parallel
+    from llama_flax import parallel, sharding
     from llama_flax.modeling import FlaxLlamaForCausalLM
     from llama_flax.training import Trainer
 
@@ -90,7 +90,7 @@ def check_meshes(checkpoint: str) -> int:
     for shape in MESHES:
         mesh = parallel.make_mesh(*shape)
         model = parallel.from_pretrained_sharded(FlaxLlamaForCausalLM, checkpoint, mesh)
-        expected = parallel.param_shardings(model.params, mesh)
+        expected = sharding.param_shardings(model.params, mesh)
         placed = all(p.sharding.is_equivalent_to(s, p.ndim) for p, s in
                      zip(jax.tree.leaves(model.params), jax.tree.leaves(expected)))
         biggest_shard = max(p.addressable_shards[0].data.size / p.size for p in jax.tree.leaves(model.params)
@@ -135,7 +135,7 @@ def check_multihost(checkpoint: str, process_id: int, port: int, out_file: str) 
     jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)
     import numpy as np
 
-    from llama_flax import parallel
+    from llama_flax import parallel, sharding
     from llama_flax.modeling import FlaxLlamaForCausalLM
     from llama_flax.training import Trainer
     from llama_shared.naming import flatten_tree

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from llama_shared.checkpoint import save_tensors
+from llama_shared.checkpoints import save_tensors
 from llama_shared.config import LlamaConfig
 
 REALISTIC = dict(vocab_size=512, hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,

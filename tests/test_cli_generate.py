@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from helpers_generation import model_folder_with_tokenizer
-from llama_shared.cli import main
+from llama_twin.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ CLOSING = re.compile(r"\[(\d+) tokens, [\d.]+ tok/s, first token after \d+ ms(, 
 
 @pytest.mark.parametrize("backend", ["torch", "flax"])
 def test_prompt_argument_streams_the_greedy_reply(backend, folder, capsys):
-    from llama_shared.tokenizer import AutoTokenizer
+    from llama_shared.tokenizers import AutoTokenizer
     from llama_torch import LlamaForCausalLM
 
     assert main(["generate", "-m", folder, "--backend", backend, "--max-new-tokens", "6", "--greedy",
@@ -52,13 +52,10 @@ def test_bad_sampling_flag_is_a_clear_error(folder, capsys):
     assert "top_p must be in (0, 1]" in capsys.readouterr().err
 
 
-def test_no_model_uses_the_demo_model_or_says_why(capsys, monkeypatch):
-    import llama_shared.demo as demo
+def test_no_model_uses_the_demo_model_or_says_why(capsys, monkeypatch, tmp_path):
+    import llama_twin.demo as demo
 
-    def missing():
-        raise FileNotFoundError("the demo model folder lacks model.safetensors")
-
-    monkeypatch.setattr(demo, "demo_model_dir", missing)
+    monkeypatch.setattr(demo, "DEMO_DIR", tmp_path)
     assert main(["generate", "hello"]) == 1
     assert "demo model" in capsys.readouterr().err
 
@@ -67,7 +64,7 @@ def test_without_max_new_tokens_the_models_generation_config_decides(capsys):
     """The demo model's generation_config.json asks for 48 new tokens; the CLI honours it."""
     import json
 
-    from llama_shared.demo import demo_model_dir
+    from llama_twin.demo import demo_model_dir
 
     wanted = json.load(open(f"{demo_model_dir()}/generation_config.json"))["max_new_tokens"]
     assert main(["generate", "--backend", "torch", "--greedy", "--min-new-tokens", str(wanted),

@@ -15,11 +15,11 @@ import torch
 
 from conftest import randomize_, tiny_hf_config
 from helpers_convert import folder_digest, write_meta_checkpoint
-from llama_shared.checkpoint import Checkpoint
-from llama_shared.cli import main
+from llama_shared.checkpoints import Checkpoint
+from llama_twin.cli import main
 from llama_shared.config import LlamaConfig
-from llama_shared.convert import convert, detect_format
-from llama_shared.convert_meta import ffn_hidden_size, meta_ffn_params
+from llama_twin.conversion import convert, detect_format
+from llama_twin.conversion.formats.meta import ffn_hidden_size, meta_ffn_params
 from llama_shared.errors import CheckpointError
 
 LLAMA31_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -68,7 +68,7 @@ def test_flax_checkpoint_is_one_orbax_tree_of_transformers_flax_params(hf_checkp
     import orbax.checkpoint as ocp
     import transformers
 
-    from llama_shared import convert_flax
+    from llama_twin.conversion.formats import flax as convert_flax
     from llama_shared.naming import flatten_tree
 
     monkeypatch.setattr(convert_flax, "GROUP_BYTES", 40_000)
@@ -105,7 +105,7 @@ def test_meta_reader_reads_whole_records_directly_and_others_through_the_map(hf_
     """Files whose tensors are whole records of their own (torch.save of plain tensors) are read
     with pread; a file holding a column-major tensor or a view of a larger storage is copied out of
     torch.load's memory map. All give the same tensors."""
-    from llama_shared.convert_meta import MetaCheckpoint
+    from llama_twin.conversion.formats.meta import MetaCheckpoint
 
     src = hf_checkpoint(num_key_value_heads=4)
     convert(src, tmp_path / "meta", "meta", num_shards=2, progress=False)
@@ -312,8 +312,8 @@ def test_truncated_safetensors_shard_mid_conversion(hf_checkpoint, tmp_path):
 def test_read_error_mid_conversion(hf_checkpoint, tmp_path, monkeypatch, to):
     """A read that fails two thirds of the way through (a disk error) leaves no DST and no staging
     folder; the flax writer meets it with an earlier group's save still in flight."""
-    import llama_shared.convert_flax
-    from llama_shared.checkpoint import SafetensorsFile
+    import llama_twin.conversion.formats.flax
+    from llama_shared.checkpoints import SafetensorsFile
     from orbax.checkpoint.experimental import v1 as ocp
 
     src = hf_checkpoint()
@@ -332,7 +332,7 @@ def test_read_error_mid_conversion(hf_checkpoint, tmp_path, monkeypatch, to):
 
     monkeypatch.setattr(SafetensorsFile, "read_once", failing_read)
     monkeypatch.setattr(ocp.partial, "save_async", counted_save_async)
-    monkeypatch.setattr(llama_shared.convert_flax, "GROUP_BYTES", 20_000)
+    monkeypatch.setattr(llama_twin.conversion.formats.flax, "GROUP_BYTES", 20_000)
     assert_fails_cleanly(src, tmp_path / "out", to, "input/output error")
     assert to != "flax" or len(saves) > 1
 
@@ -340,7 +340,8 @@ def test_read_error_mid_conversion(hf_checkpoint, tmp_path, monkeypatch, to):
 def test_read_ahead_keeps_order_and_reraises_in_the_consumer(hf_checkpoint):
     import threading
 
-    from llama_shared.convert import hf_source, prefetched
+    from llama_twin.conversion.formats.hf import hf_source
+    from llama_twin.conversion.source import prefetched
 
     source = hf_source(hf_checkpoint())
     assert [k for k, _ in prefetched(source).tensors()] == list(source.specs)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from helpers_demo_words import COMMON_ENGLISH_WORDS
-from llama_shared.demo import DEMO_FILES, demo_model_dir
-from llama_shared.tokenizer import AutoTokenizer
+from llama_twin.demo import DEMO_FILES, demo_model_dir
+from llama_shared.tokenizers import AutoTokenizer
 
 PROMPT = "Once upon a time"
 NEW_TOKENS = 24
@@ -64,7 +64,7 @@ def test_the_continuation_is_mostly_known_english_words(demo_dir, prompt_ids, to
 
 
 def test_mask_command_without_a_model_uses_the_demo_tokenizer(demo_dir, capsys):
-    from llama_shared.cli import main
+    from llama_twin.cli import main
 
     assert main(["mask", PROMPT, "--no-color"]) == 0
     out = capsys.readouterr().out

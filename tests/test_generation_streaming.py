@@ -19,7 +19,7 @@ def folder(hf_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tokenizer(folder):
-    from llama_shared.tokenizer import AutoTokenizer
+    from llama_shared.tokenizers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(folder)
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from fixtures_tokenizer import trained_spm_path
-from llama_shared.cli import main as cli_main
+from llama_twin.cli import main as cli_main
 from llama_shared.config import LlamaConfig
-from llama_shared.mask_visualizer import ATTENDED, DIAGONAL_PLAIN, MASKED, AttentionMaskVisualizer
-from llama_shared.tokenizer import AutoTokenizer
+from llama_twin.mask_visualizer import ATTENDED, DIAGONAL_PLAIN, MASKED, AttentionMaskVisualizer
+from llama_shared.tokenizers import AutoTokenizer
 
 PROMPT = "Plants create energy through a process known as"
 ROW = re.compile(r"^(?P<label>.*): +(?P<index>\d+) (?P<cells>[■⬚◆ ]+)$")

@@ -1,5 +1,5 @@
 """A conversion's single pass keeps the page cache small: what it reads is dropped once copied,
-what it writes goes to disk a few pieces behind and is dropped (llama_shared.pagecache)."""
+what it writes goes to disk a few pieces behind and is dropped (llama_shared.checkpoints.pagecache)."""
 
 import ctypes
 import errno
@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from llama_shared import pagecache
+from llama_shared.checkpoints import pagecache
 
 PIECE = 4096
 

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from llama_flax import parallel
+from llama_flax import parallel, sharding
 from llama_flax.modeling import (FlaxLlamaForCausalLM, FlaxLlamaForQuestionAnswering,
                                  FlaxLlamaForSequenceClassification, FlaxLlamaForTokenClassification, FlaxLlamaModel)
-from llama_shared.checkpoint import SINGLE_FILE, Checkpoint, save_tensors
+from llama_shared.checkpoints import SINGLE_FILE, Checkpoint, save_tensors
 from llama_shared.config import LlamaConfig
 from llama_shared.naming import flatten_tree
 
@@ -34,12 +34,12 @@ def test_every_parameter_has_logical_axes(model_class):
     model = model_class.__new__(model_class)
     model.module = model_class.module_class(LlamaConfig(**TINY))
     for path, shape in model.param_shapes().items():
-        assert len(parallel.param_logical_axes(path)) == len(shape.shape), path
+        assert len(sharding.param_logical_axes(path)) == len(shape.shape), path
 
 
 def test_rule_table_shards_fsdp_on_embed_and_tensor_on_heads_mlp_vocab():
     sizes = {"data": 2, "fsdp": 4, "tensor": 2}
-    spec = lambda path, shape: parallel.fit_spec(parallel.param_logical_axes(path), shape, sizes)  # noqa: E731
+    spec = lambda path, shape: sharding.fit_spec(sharding.param_logical_axes(path), shape, sizes)  # noqa: E731
     assert spec("model/layers/0/self_attn/q_proj/kernel", (64, 64)) == P("fsdp", "tensor")
     assert spec("model/layers/0/self_attn/o_proj/kernel", (64, 64)) == P("tensor", "fsdp")
     assert spec("model/layers/0/mlp/up_proj/kernel", (64, 96)) == P("fsdp", "tensor")
@@ -47,26 +47,26 @@ def test_rule_table_shards_fsdp_on_embed_and_tensor_on_heads_mlp_vocab():
     assert spec("model/embed_tokens/embedding", (128, 64)) == P("tensor", "fsdp")
     assert spec("lm_head/kernel", (64, 128)) == P("fsdp", "tensor")
     assert spec("model/layers/0/input_layernorm/weight", (64,)) == P(None)
-    assert parallel.fit_spec(("batch", "length"), (8, 16), sizes) == P(("data", "fsdp"), None)
+    assert sharding.fit_spec(("batch", "length"), (8, 16), sizes) == P(("data", "fsdp"), None)
 
 
 def test_mesh_axes_that_do_not_divide_a_dimension_are_dropped():
     sizes = {"data": 2, "fsdp": 4, "tensor": 4}
     # two kv heads of 16 = 32 columns split 4 ways; three kv heads of 10 do not split
-    assert parallel.fit_spec(("embed", "kv_heads"), (64, 32), sizes) == P("fsdp", "tensor")
-    assert parallel.fit_spec(("embed", "kv_heads"), (64, 30), sizes) == P("fsdp", None)
-    assert parallel.fit_spec(("batch",), (2,), sizes) == P("data")
-    assert parallel.fit_spec(("batch",), (3,), sizes) == P(None)
+    assert sharding.fit_spec(("embed", "kv_heads"), (64, 32), sizes) == P("fsdp", "tensor")
+    assert sharding.fit_spec(("embed", "kv_heads"), (64, 30), sizes) == P("fsdp", None)
+    assert sharding.fit_spec(("batch",), (2,), sizes) == P("data")
+    assert sharding.fit_spec(("batch",), (3,), sizes) == P(None)
 
 
 def test_unknown_parameter_is_named():
     with pytest.raises(ValueError, match="model/adapter/kernel"):
-        parallel.param_logical_axes(("model", "adapter", "kernel"))
+        sharding.param_logical_axes(("model", "adapter", "kernel"))
 
 
 def test_make_mesh_fills_minus_one_and_checks_sizes():
     mesh = parallel.make_mesh()
-    assert mesh.axis_names == parallel.MESH_AXES
+    assert mesh.axis_names == sharding.MESH_AXES
     assert dict(mesh.shape) == {"data": 1, "fsdp": len(jax.devices()), "tensor": 1}
     assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
     with pytest.raises(ValueError, match="needs 3 devices"):
@@ -77,7 +77,7 @@ def test_make_mesh_fills_minus_one_and_checks_sizes():
 
 def test_constrain_is_a_no_op_off_mesh():
     x = jax.numpy.ones((2, 3, 4))
-    assert parallel.constrain(x, "batch", "length", "hidden") is x
+    assert sharding.constrain(x, "batch", "length", "hidden") is x
 
 
 def test_sharded_loading_on_one_device_equals_from_pretrained(hf_checkpoint):

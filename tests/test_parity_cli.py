@@ -1,4 +1,4 @@
-"""`llama-twin parity` and llama_shared.parity: an intact checkpoint agrees in Flax, torch and
+"""`llama-twin parity` and llama_twin.parity: an intact checkpoint agrees in Flax, torch and
 transformers; a model with one layer's weights edited is named at that layer."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from llama_shared.cli import main as cli_main
-from llama_shared.parity import Activations, compare, compare_all, parity_report
+from llama_twin.cli import main as cli_main
+from llama_twin.parity import Activations, compare, compare_all, parity_report
 
 LAYERS = 4
 IDS = [1, 17, 42, 99, 5, 63, 120, 7, 88, 31, 2, 54]
@@ -115,7 +115,7 @@ def test_readout_matches_transformers_final_norm_and_head(hf_checkpoint, tied):
     import torch
     import transformers
 
-    from llama_shared.parity import Readout
+    from llama_twin.parity import Readout
 
     folder = hf_checkpoint(tie_word_embeddings=tied)
     model = transformers.LlamaForCausalLM.from_pretrained(folder).eval()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from helpers_generation import model_folder_with_tokenizer
-from llama_shared.pipeline import pipeline
+from llama_twin.pipeline import pipeline
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ from helpers_quant import REALISTIC, mean_kl_per_token, save_realistic_model
 from llama_flax import quantization as flax_quant
 from llama_flax.modeling import FlaxLlamaForCausalLM
 from llama_shared import quantization as q
-from llama_shared.checkpoint import Checkpoint
+from llama_shared.checkpoints import Checkpoint
 from llama_shared.errors import CheckpointError, ConfigError
 from llama_shared.naming import flatten_tree, hf_key
 from llama_torch import quantization as torch_quant
-from llama_torch.loading import to_numpy
+from llama_torch.tensors import to_numpy
 from llama_torch.modeling import LlamaForCausalLM
 
 SETTINGS = {"int8": q.QuantizationConfig(8), "int8-zp": q.QuantizationConfig(8, symmetric=False),

@@ -16,7 +16,7 @@ import torch
 import transformers
 
 from llama_flax import FlaxLlamaForCausalLM, FlaxLlamaForSequenceClassification
-from llama_shared.checkpoint import Checkpoint, SafetensorsFile, save_tensors
+from llama_shared.checkpoints import Checkpoint, SafetensorsFile, save_tensors
 from llama_shared.config import LlamaConfig
 from llama_shared.errors import CheckpointError, ConfigError
 from llama_shared.naming import flatten_tree, hf_key

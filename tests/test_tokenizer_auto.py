@@ -9,9 +9,9 @@ import warnings
 import pytest
 
 from fixtures_tokenizer import hf_llama3_fast, llama3_tiktoken_path, trained_spm_path
-from llama_shared.tokenizer import (AutoTokenizer, Llama3Tokenizer, LlamaTokenizer, LlamaTokenizerFast,
-                                    TokenizerError)
-from llama_shared.tokenizer_tiktoken import LLAMA3_SPECIAL_TOKENS
+from llama_shared.errors import TokenizerError
+from llama_shared.tokenizers import AutoTokenizer, Llama3Tokenizer, LlamaTokenizer, LlamaTokenizerFast
+from llama_shared.tokenizers.llama3 import LLAMA3_SPECIAL_TOKENS
 
 transformers = pytest.importorskip("transformers")
 warnings.filterwarnings("ignore", message=".*legacy.*")

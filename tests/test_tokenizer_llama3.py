@@ -8,8 +8,9 @@ import tiktoken
 from hypothesis import HealthCheck, given, settings
 
 from fixtures_tokenizer import TRICKY_PIECES, hf_llama3_fast, llama3_tiktoken_path, tricky_text
-from llama_shared.tokenizer import Llama3Tokenizer, LlamaTokenizer, TokenizerError
-from llama_shared.tokenizer_tiktoken import LLAMA3_SPECIAL_TOKENS, split_long_runs
+from llama_shared.errors import TokenizerError
+from llama_shared.tokenizers import Llama3Tokenizer, LlamaTokenizer
+from llama_shared.tokenizers.llama3 import LLAMA3_SPECIAL_TOKENS, split_long_runs
 
 HYPOTHESIS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CASES = ["", "This is a test sentence.", " Hello", "Hello  world\n\n\n", "<|begin_of_text|>hi<|eot_id|>",

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from fixtures_tokenizer import TRICKY_PIECES, trained_spm_path, tricky_text
-from llama_shared.tokenizer import LlamaTokenizer, LlamaTokenizerFast, TokenizerError
+from llama_shared.errors import TokenizerError
+from llama_shared.tokenizers import LlamaTokenizer, LlamaTokenizerFast
 
 transformers = pytest.importorskip("transformers")
 warnings.filterwarnings("ignore", message=".*legacy.*")
@@ -192,7 +193,7 @@ def test_importing_tokenizers_loads_neither_jax_nor_torch():
     import subprocess
     import sys
 
-    code = ("import sys, llama_shared.tokenizer; "
+    code = ("import sys, llama_shared.tokenizers; "
             "print(sorted(m for m in ('jax', 'torch', 'flax') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

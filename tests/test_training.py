@@ -163,8 +163,8 @@ def char_tokenizer(directory) -> int:
 
 
 def test_cli_train_logs_saves_and_resumes(model_dir, tmp_path, capsys):
-    from llama_shared.cli import main
-    from llama_shared.tokenizer import AutoTokenizer
+    from llama_twin.cli import main
+    from llama_shared.tokenizers import AutoTokenizer
 
     tokenizer_dir = tmp_path / "tokenizer"
     tokenizer_dir.mkdir()

@@ -12,6 +12,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+import numpy as np
+
+from llama_shared.checkpoints import resolve_model_dir
+from llama_shared.errors import LlamaTwinError
+from llama_shared.streaming import TextStreamer
+from llama_shared.tokenizers import AutoTokenizer
+from llama_twin.backends import Backend, get_backend
+from llama_twin.demo import demo_model_dir
+
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 DEFAULT_MAX_NEW_TOKENS = 256  # transformers' text-generation pipeline default
@@ -42,15 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llama_shared.errors import LlamaTwinError
-    from llama_shared.streaming import TextStreamer
-
     prompts = args.prompts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not prompts:
         print("llama-twin generate: no prompt given (pass PROMPT arguments or lines on stdin)", file=sys.stderr)
         return 2
     try:
-        model, tokenizer = _load(args)
+        backend = get_backend(args.backend)
+        model, tokenizer = _load(backend, args)
         max_new_tokens = args.max_new_tokens or model.generation_defaults().max_new_tokens or DEFAULT_MAX_NEW_TOKENS
         sampling = dict(max_new_tokens=max_new_tokens, min_new_tokens=args.min_new_tokens,
                         do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -61,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True,
                                     on_text=_write if args.stream else pieces.append)
             stats = {}
-            _generate(model, ids, args.backend, streamer=streamer, stats=stats, **sampling)
+            model.generate(backend.from_numpy(np.asarray([ids], np.int64)), streamer=streamer, stats=stats, **sampling)
             if not args.stream:
                 _write("".join(pieces))
             _write("\n")
@@ -72,22 +79,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace) -> tuple:
-    from llama_shared.checkpoint import resolve_model_dir
-    from llama_shared.tokenizer import AutoTokenizer
-
-    if args.model is None:
-        from llama_shared.demo import demo_model_dir
-
-        directory = demo_model_dir()
-    else:
-        directory = resolve_model_dir(args.model)
-    if args.backend == "flax":
-        from llama_flax import FlaxLlamaForCausalLM as model_class
-    else:
-        from llama_torch import LlamaForCausalLM as model_class
+def _load(backend: Backend, args: argparse.Namespace) -> tuple:
+    directory = demo_model_dir() if args.model is None else resolve_model_dir(args.model)
     extra = {"quantization": args.quantize} if args.quantize else {}
-    return model_class.from_pretrained(directory, dtype=args.dtype, **extra), AutoTokenizer.from_pretrained(directory)
+    model = backend.causal_lm.from_pretrained(directory, dtype=args.dtype, **extra)
+    return model, AutoTokenizer.from_pretrained(directory)
 
 
 def _encode(tokenizer, prompt: str, args: argparse.Namespace) -> list[int]:
@@ -96,17 +92,6 @@ def _encode(tokenizer, prompt: str, args: argparse.Namespace) -> list[int]:
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
         [{"role": "user", "content": prompt}]
     return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
-
-
-def _generate(model, ids: list[int], backend: str, **kwargs) -> None:
-    import numpy as np
-
-    prompt = np.asarray([ids], np.int64)
-    if backend == "torch":
-        import torch
-
-        prompt = torch.from_numpy(prompt)
-    model.generate(prompt, **kwargs)
 
 
 def _write(text: str) -> None:

@@ -5,18 +5,24 @@ output, the last one normed, as transformers returns them). The comparison is nu
 layer the max and mean absolute difference and, read out through the checkpoint's final norm and
 LM head (the "logit lens"), the next-token KL divergence and top-1 agreement (MaxText's
 forward_pass_logit_checker measures, taken at every layer); then the same on the logits, and the
-first layer where a pair parts. The backends are imported only when one is run.
+first layer where a pair parts. transformers, the third implementation, is optional.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
-BACKENDS = ("flax", "torch", "transformers")
+from llama_shared.checkpoints import Checkpoint
+from llama_shared.config import LlamaConfig
+from llama_twin.backends import BACKENDS, get_backend
+
+IMPLEMENTATIONS = ("flax", "torch", "transformers")
 # Default tolerance on a layer's max abs difference, scaled by max(1, the reference's max |value|):
 # float32 is the twins' correctness bar; half precisions allow a few units in their last place.
 DEFAULT_TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 4e-3}
@@ -106,7 +112,8 @@ class ParityReport:
         return lines
 
     def plot(self, path: str | os.PathLike) -> None:
-        """Draw each pair's per-layer max and mean |diff| (log scale) with its tolerance into a PNG."""
+        """Draw each pair's per-layer max and mean |diff| (log scale) with its tolerance into a PNG
+        (matplotlib, an optional dependency, is imported here)."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
@@ -150,9 +157,6 @@ class Readout:
     @classmethod
     def from_checkpoint(cls, model_dir: str | os.PathLike) -> "Readout":
         """model.norm.weight and lm_head.weight (the embeddings when tied) of a Hugging Face folder."""
-        from llama_shared.checkpoint import Checkpoint
-        from llama_shared.config import LlamaConfig
-
         config = LlamaConfig.from_pretrained(model_dir)
         checkpoint = Checkpoint(model_dir)
         head = "model.embed_tokens.weight" if "lm_head.weight" not in checkpoint.keys() else "lm_head.weight"
@@ -220,45 +224,31 @@ def compare_all(activations: dict[str, Activations], dtype: str, tolerance: floa
 
 def load_model(backend: str, model_dir: str | os.PathLike, dtype: str) -> Any:
     """A causal-LM of the checkpoint in one backend: "flax", "torch" or "transformers" (eager attention)."""
-    if backend == "flax":
-        from llama_flax import FlaxLlamaForCausalLM
-
-        return FlaxLlamaForCausalLM.from_pretrained(model_dir, dtype=dtype)
-    if backend == "torch":
-        from llama_torch import LlamaForCausalLM
-
-        return LlamaForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    if backend in BACKENDS:
+        return get_backend(backend).causal_lm.from_pretrained(model_dir, dtype=dtype)
     if backend == "transformers":
-        import torch
-        import transformers
+        import transformers  # optional: the third implementation, where installed
         from packaging.version import Version
 
         dtype_key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
         return transformers.LlamaForCausalLM.from_pretrained(
             model_dir, attn_implementation="eager", **{dtype_key: getattr(torch, dtype)}).eval()
-    raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    raise ValueError(f"unknown backend {backend!r}; expected one of {IMPLEMENTATIONS}")
 
 
 def run_model(model: Any, input_ids: Sequence[int]) -> Activations:
     """Run a Flax, llama_torch or transformers causal-LM on one row of ids; float32 numpy results."""
-    ids = np.asarray(input_ids, dtype=np.int64)[None]
-    if hasattr(model, "params"):  # a Flax model
-        out = model(ids.astype(np.int32), output_hidden_states=True)
-        to_numpy = lambda x: np.asarray(x.astype("float32"))[0]  # noqa: E731
-    else:
-        import torch
-
-        with torch.no_grad():
-            out = model(torch.from_numpy(ids), output_hidden_states=True)
-        to_numpy = lambda x: x[0].float().numpy()  # noqa: E731
+    backend = get_backend("flax" if hasattr(model, "params") else "torch")
+    ids = backend.from_numpy(np.asarray(input_ids, dtype=np.int64)[None])
+    with backend.inference():
+        out = model(ids, output_hidden_states=True)
+    to_numpy = lambda x: backend.to_numpy(x)[0].astype(np.float32)  # noqa: E731
     return Activations([to_numpy(h) for h in out.hidden_states], to_numpy(out.logits))
 
 
 def available_backends() -> list[str]:
     """flax and torch always (they are this package); transformers where it is installed."""
-    import importlib.util
-
-    return ["flax", "torch"] + (["transformers"] if importlib.util.find_spec("transformers") else [])
+    return [*BACKENDS, *(["transformers"] if importlib.util.find_spec("transformers") else [])]
 
 
 def parity_report(model_dir: str | os.PathLike, input_ids: Sequence[int], dtype: str = "float32",

@@ -9,7 +9,7 @@ records of their own (what torch.save writes) are then read straight from their 
 copied out of the memory map, reopened for each layer. Writing
 lays out each consolidated.NN.pth with torch.save's own format, storage space reserved
 (torch.serialization.skip_data), then fills every tensor's record in place as it arrives. Both
-directions keep the page cache to about a layer (llama_shared.pagecache).
+directions keep the page cache to about a layer (llama_shared.checkpoints.pagecache).
 """
 
 from __future__ import annotations
@@ -28,14 +28,15 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
+import torch
 
+from llama_shared.checkpoints.pagecache import WriteBehind, drop_cached_file, read_tensor
 from llama_shared.config import LlamaConfig
-from llama_shared.convert import TensorSource, carried_files, write_side_files
 from llama_shared.errors import CheckpointError
 from llama_shared.naming import (LLAMA3_MIN_VOCAB, hf_key_from_meta, interleaved_from_rotate_half, is_ignored_key,
-                                 meta_key, meta_split_dim, rotary_rows_heads,
-                                 rotate_half_from_interleaved)
-from llama_shared.pagecache import WriteBehind, drop_cached_file, read_tensor
+                                 meta_key, meta_split_dim, rotary_rows_heads, rotate_half_from_interleaved)
+from llama_twin.conversion.formats.base import Format, WriteOptions
+from llama_twin.conversion.source import TensorSource, carried_files, write_side_files
 
 PARAMS_FILE = "params.json"
 TOKENIZER_FILE = "tokenizer.model"
@@ -195,8 +196,6 @@ class MetaCheckpoint:
 
     def load(self, rank: int) -> dict[str, Any]:
         """One file's state dict, memory-mapped: its pages are resident only while it is referenced."""
-        import torch
-
         path = self.paths[rank]
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -351,8 +350,6 @@ def _to_rotate_half(key: str, array: np.ndarray, config: LlamaConfig) -> np.ndar
 
 def _to_numpy(tensor: Any) -> np.ndarray:
     """A numpy view of a CPU tensor; bfloat16 as ml_dtypes.bfloat16."""
-    import torch
-
     if tensor.dtype == torch.bfloat16:
         return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     return tensor.numpy()
@@ -366,11 +363,10 @@ def _numpy_dtype(tensor: Any) -> np.dtype:
 # Writing
 
 
-def write_meta(source: TensorSource, directory: str, num_shards: int = 1) -> None:
-    """Write params.json, consolidated.00.pth ... (num_shards model-parallel files, split as fairscale
-    does) and tokenizer.model, filling each tensor's record in place as the source yields it."""
-    import torch
-
+def write_meta(source: TensorSource, directory: str, options: WriteOptions) -> None:
+    """Write params.json, consolidated.00.pth ... (options.num_shards model-parallel files, split as
+    fairscale does) and tokenizer.model, filling each tensor's record in place as the source yields it."""
+    num_shards = options.num_shards
     if not hasattr(torch.serialization, "skip_data"):
         raise CheckpointError(f"writing Meta checkpoints needs torch >= 2.5 (torch.serialization.skip_data); "
                               f"this is torch {torch.__version__}")
@@ -452,8 +448,6 @@ def _reserve_pth(path: str, specs: dict[str, tuple[tuple[int, ...], np.dtype]]) 
     and nothing touches their pages. FakeTensorMode tensors would do as well, but importing it
     imports torch._dynamo (1.5 s); they are the fallback where the system refuses the address space
     (vm.overcommit_memory=2)."""
-    import torch
-
     def empty() -> dict[str, Any]:
         return {k: torch.empty(shape, dtype=_torch_dtype(dtype)) for k, (shape, dtype) in specs.items()}
 
@@ -470,8 +464,6 @@ def _reserve_pth(path: str, specs: dict[str, tuple[tuple[int, ...], np.dtype]]) 
 
 
 def _torch_dtype(dtype: np.dtype) -> Any:
-    import torch
-
     if dtype == ml_dtypes.bfloat16:
         return torch.bfloat16
     return getattr(torch, np.dtype(dtype).name)
@@ -518,3 +510,6 @@ def _record_offsets(path: str, specs: dict[str, tuple[tuple[int, ...], np.dtype]
             name_len, extra_len = struct.unpack("<HH", f.read(30)[26:30])
             offsets[key] = info.header_offset + 30 + name_len + extra_len
     return offsets
+
+
+FORMAT = Format("meta", f"{PARAMS_FILE} with consolidated.NN.pth", is_meta_checkpoint, meta_source, write_meta)

@@ -1,5 +1,5 @@
-"""Public tokenizer facade: the three Llama tokenizer classes and AutoTokenizer, which picks one
-from the files of a checkpoint directory (or hub repo) and its tokenizer_config.json."""
+"""AutoTokenizer: picks one of the three Llama tokenizer classes from the files of a checkpoint
+folder (or hub repo) and its tokenizer_config.json."""
 
 from __future__ import annotations
 
@@ -7,15 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .chat_template import LLAMA2_CHAT_TEMPLATE, LLAMA3_CHAT_TEMPLATE
-from .tokenizer_base import BatchEncoding, TokenizerBase
-from .tokenizer_fast import LlamaTokenizerFast
-from .tokenizer_files import TokenizerError, detect_kind
-from .tokenizer_spm import LlamaTokenizer
-from .tokenizer_tiktoken import LLAMA3_SPECIAL_TOKENS, Llama3Tokenizer
-
-__all__ = ["AutoTokenizer", "BatchEncoding", "LLAMA2_CHAT_TEMPLATE", "LLAMA3_CHAT_TEMPLATE", "Llama3Tokenizer",
-           "LlamaTokenizer", "LlamaTokenizerFast", "TokenizerError"]
+from llama_shared.checkpoints.hub import resolve_model_dir
+from llama_shared.errors import CheckpointError, TokenizerError
+from llama_shared.tokenizers.base import TokenizerBase
+from llama_shared.tokenizers.fast import LlamaTokenizerFast
+from llama_shared.tokenizers.files import detect_kind
+from llama_shared.tokenizers.llama3 import LLAMA3_SPECIAL_TOKENS, Llama3Tokenizer
+from llama_shared.tokenizers.spm import LlamaTokenizer
 
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                    "chat_template.jinja", "original/tokenizer.model"]
@@ -40,14 +38,10 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _resolve_directory(name_or_path: str | Path, revision: str | None) -> Path:
-    path = Path(name_or_path)
-    if path.is_dir():
-        return path
-    if path.exists() or str(name_or_path).count("/") > 1:
-        raise TokenizerError(f"{name_or_path} is not a directory holding tokenizer files")
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(str(name_or_path), revision=revision, allow_patterns=TOKENIZER_FILES))
+    try:
+        return Path(resolve_model_dir(name_or_path, required=(), allow_patterns=TOKENIZER_FILES, revision=revision))
+    except CheckpointError as e:
+        raise TokenizerError(f"no tokenizer at {name_or_path}: {e}") from None
 
 
 def _template_flags(tokenizer_json: Path, bos: str | None, eos: str | None) -> dict[str, bool]:

@@ -2,8 +2,7 @@
 
 A string gives [{"generated_text": ...}]; a list of strings gives one such list per prompt; a chat
 (a list of {"role", "content"} messages) goes through the tokenizer's chat template and, with
-return_full_text, comes back as the conversation with the assistant's reply appended. The backend
-is imported only when the pipeline is built.
+return_full_text, comes back as the conversation with the assistant's reply appended.
 """
 
 from __future__ import annotations
@@ -13,9 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from llama_shared.checkpoints import resolve_model_dir
 from llama_shared.generation import GenerationConfig
+from llama_shared.tokenizers import AutoTokenizer
+from llama_twin.backends import Backend, get_backend
 
-BACKENDS = ("flax", "torch")
 PIPELINE_MAX_NEW_TOKENS = 256   # transformers' text-generation pipeline default
 
 
@@ -28,28 +29,20 @@ def pipeline(task: str, model: Any, backend: str = "flax", tokenizer: Any = None
     """
     if task != "text-generation":
         raise ValueError(f"unsupported task {task!r}; llama-twin's pipeline does 'text-generation'")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    selected = get_backend(backend)
     if isinstance(model, (str, os.PathLike)):
-        from llama_shared.checkpoint import resolve_model_dir
-        from llama_shared.tokenizer import AutoTokenizer
-
         directory = resolve_model_dir(model)
-        if backend == "flax":
-            from llama_flax import FlaxLlamaForCausalLM as model_class
-        else:
-            from llama_torch import LlamaForCausalLM as model_class
-        model = model_class.from_pretrained(directory, dtype=dtype)
+        model = selected.causal_lm.from_pretrained(directory, dtype=dtype)
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(directory)
     elif tokenizer is None:
         raise ValueError("pass tokenizer= with a loaded model (a folder or hub id brings its own)")
-    return TextGenerationPipeline(model, tokenizer, backend, generate_defaults)
+    return TextGenerationPipeline(model, tokenizer, selected, generate_defaults)
 
 
 class TextGenerationPipeline:
     """Tokenize, left-pad, generate and decode; see pipeline()."""
 
-    def __init__(self, model: Any, tokenizer: Any, backend: str, generate_defaults: dict[str, Any]):
+    def __init__(self, model: Any, tokenizer: Any, backend: Backend, generate_defaults: dict[str, Any]):
         self.model, self.tokenizer, self.backend = model, tokenizer, backend
         self.generate_defaults = generate_defaults
 
@@ -67,7 +60,8 @@ class TextGenerationPipeline:
         if pad is None:
             pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids, mask = _left_pad(rows, pad)
-        output = np.asarray(self._generate(ids, mask, **kwargs))
+        b = self.backend
+        output = b.to_numpy(self.model.generate(b.from_numpy(ids), b.from_numpy(mask), **kwargs))
         results = [[self._result(item, row, output[i, ids.shape[1]:], return_full_text)]
                    for i, (item, row) in enumerate(zip(batch, rows))]
         return results[0] if single else results
@@ -78,13 +72,6 @@ class TextGenerationPipeline:
         if not isinstance(item, str):
             raise TypeError(f"a prompt must be a string or a list of chat messages, got {type(item).__name__}")
         return list(self.tokenizer.encode(item))
-
-    def _generate(self, ids: np.ndarray, mask: np.ndarray, **kwargs: Any) -> Any:
-        if self.backend == "torch":
-            import torch
-
-            return self.model.generate(torch.from_numpy(ids), torch.from_numpy(mask), **kwargs).cpu()
-        return self.model.generate(ids, mask, **kwargs)
 
     def _result(self, item: Any, prompt_ids: list[int], new_ids: np.ndarray, return_full_text: bool) -> dict:
         """transformers' text: decode prompt + reply, cut at the decoded prompt's length."""

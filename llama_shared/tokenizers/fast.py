@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .chat_template import LLAMA2_CHAT_TEMPLATE, LLAMA3_CHAT_TEMPLATE
-from .tokenizer_base import TokenizerBase, as_id_list
-from .tokenizer_files import SPIECE_UNDERLINE, TokenizerError, load_spm_proto
+from llama_shared.errors import TokenizerError
+from llama_shared.tokenizers.base import TokenizerBase, as_id_list
+from llama_shared.tokenizers.chat_template import LLAMA2_CHAT_TEMPLATE, LLAMA3_CHAT_TEMPLATE
+from llama_shared.tokenizers.files import SPIECE_UNDERLINE, load_spm_proto
 
 _SPM_USER_DEFINED, _SPM_CONTROL = 4, 3
 

@@ -13,47 +13,15 @@ import struct
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
+from llama_shared.checkpoints.dtypes import DTYPE_NAMES, DTYPES
+from llama_shared.checkpoints.pagecache import WriteBehind, read_tensor
 from llama_shared.errors import CheckpointError
-from llama_shared.pagecache import WriteBehind, read_tensor
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 DEFAULT_SHARD_SIZE = 5 * 10**9
-
-DTYPES: dict[str, np.dtype] = {
-    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
-    "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
-    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn), "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
-}
-DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
-
-
-def dtype_from_name(name: str) -> np.dtype:
-    """numpy dtype for "float32", "bfloat16", "float16" (the names config.json and users write)."""
-    names = {"float32": np.float32, "float": np.float32, "float16": np.float16, "half": np.float16,
-             "bfloat16": ml_dtypes.bfloat16, "float64": np.float64}
-    if name not in names:
-        raise CheckpointError(f"unknown dtype {name!r}; expected one of {sorted(names)}")
-    return np.dtype(names[name])
-
-
-def tensor_nbytes(checkpoint: Any, key: str) -> int:
-    """Stored size in bytes of one tensor of a Checkpoint (or any reader with shape() and dtype())."""
-    return int(np.prod(checkpoint.shape(key), dtype=np.int64)) * checkpoint.dtype(key).itemsize
-
-
-def requested_dtype(dtype: Any, config_dtype: str | None) -> Any:
-    """What a from_pretrained dtype argument asks for: None is float32 (as transformers), "auto" the
-    checkpoint's torch_dtype, a name its numpy dtype; a framework dtype object is returned as given."""
-    if dtype is None:
-        return np.dtype(np.float32)
-    if isinstance(dtype, str):
-        return dtype_from_name((config_dtype or "float32") if dtype == "auto" else dtype)
-    return dtype
 
 
 class SafetensorsFile:
@@ -331,34 +299,3 @@ def _remove_stale_weights(directory: str, keep: list[str]) -> None:
         stale_shard = name.startswith("model-") and name.endswith(".safetensors")
         if (stale_shard or name in (SINGLE_FILE, INDEX_FILE)) and name not in keep:
             os.remove(os.path.join(directory, name))
-
-
-# ------------------------------------------------------------------------------------------------
-# Locating a model
-
-
-def resolve_model_dir(path_or_repo_id: str | os.PathLike, required: Iterable[str] = ("config.json",)) -> str:
-    """A local folder as given, or a hub repo id resolved through huggingface_hub's cache.
-
-    Works offline (HF_HUB_OFFLINE=1) when the files are cached. Only config, tokenizer,
-    generation-config and safetensors files are fetched: pickled weights are never loaded.
-    """
-    path = os.fspath(path_or_repo_id)
-    if os.path.isdir(path):
-        for name in required:
-            if not os.path.exists(os.path.join(path, name)):
-                raise CheckpointError(f"{path} has no {name}")
-        return path
-    if os.path.exists(path) or path.startswith((".", "/")) or path.count("/") > 1:
-        raise CheckpointError(f"{path} is not a model folder (expected a directory with config.json) "
-                              f"or a hub repo id like 'meta-llama/Llama-3.2-1B'")
-    from huggingface_hub import snapshot_download
-
-    patterns = ["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja"]
-    try:
-        return snapshot_download(path, allow_patterns=patterns)
-    except Exception as online_error:  # noqa: BLE001 - fall back to the cache, then report both
-        try:
-            return snapshot_download(path, allow_patterns=patterns, local_files_only=True)
-        except Exception:  # noqa: BLE001
-            raise CheckpointError(f"could not find {path!r} locally or on the hub: {online_error}") from None

@@ -8,14 +8,10 @@ import binascii
 import re
 from pathlib import Path
 
-from .errors import LlamaTwinError
+from llama_shared.errors import TokenizerError
 
 SPIECE_UNDERLINE = "\u2581"
 _TIKTOKEN_LINE = re.compile(rb"^[A-Za-z0-9+/]+={0,2} \d+$")
-
-
-class TokenizerError(LlamaTwinError):
-    """A tokenizer file of the wrong kind, a corrupt file, or a tokenizer setting that cannot work."""
 
 
 def _read_bytes(path: str | Path) -> bytes:

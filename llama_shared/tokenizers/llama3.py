@@ -9,9 +9,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import AbstractSet, Any, Collection, Iterator, Literal
 
-from .chat_template import LLAMA3_CHAT_TEMPLATE
-from .tokenizer_base import TokenizerBase, as_id_list
-from .tokenizer_files import TokenizerError, load_tiktoken_ranks
+from llama_shared.errors import TokenizerError
+from llama_shared.tokenizers.base import TokenizerBase, as_id_list
+from llama_shared.tokenizers.chat_template import LLAMA3_CHAT_TEMPLATE
+from llama_shared.tokenizers.files import load_tiktoken_ranks
 
 LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"

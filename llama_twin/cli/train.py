@@ -11,6 +11,15 @@ import argparse
 import os
 import shutil
 
+import jax
+from jax.experimental import multihost_utils
+from tqdm import tqdm
+
+from llama_flax import FlaxLlamaForCausalLM, parallel
+from llama_flax.training import TrainConfig, Trainer, token_batches
+from llama_shared.checkpoints import resolve_model_dir
+from llama_shared.tokenizers import TOKENIZER_FILES, AutoTokenizer
+
 REMAT_CHOICES = ("none", "full", "dots_saveable")
 
 
@@ -60,19 +69,8 @@ def parse_mesh(text: str) -> tuple[int, int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import jax
-
-    from llama_flax import parallel
-
     if args.distributed:
         parallel.initialize_distributed()
-    from tqdm import tqdm
-
-    from llama_flax.modeling import FlaxLlamaForCausalLM
-    from llama_flax.training import TrainConfig, Trainer, token_batches
-    from llama_shared.checkpoint import resolve_model_dir
-    from llama_shared.tokenizer import TOKENIZER_FILES, AutoTokenizer
-
     if os.path.exists(args.output) and (not os.path.isdir(args.output) or os.listdir(args.output)):
         raise SystemExit(f"--output {args.output} exists and is not empty; choose a new folder")
     if args.save_state and os.path.exists(args.save_state):
@@ -118,8 +116,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.save_state:
         trainer.save(args.save_state, state)
-    from jax.experimental import multihost_utils
-
     model.params = multihost_utils.process_allgather(state.params, tiled=True)
     if main_process:
         model.save_pretrained(args.output)

@@ -8,7 +8,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from .tokenizer_files import TokenizerError
+from llama_shared.errors import TokenizerError
 
 # The chat_template of meta-llama/Llama-2-7b-chat-hf: [INST] turns, optional <<SYS>> block in the first.
 LLAMA2_CHAT_TEMPLATE = (

@@ -16,6 +16,7 @@ import numpy as np
 
 from llama_shared.config import LlamaConfig
 from llama_shared.masks import attention_allowed, custom_mask_allowed
+from llama_shared.tokenizers import AutoTokenizer
 
 ATTENDED = "■"
 MASKED = "⬚"
@@ -133,8 +134,6 @@ class AttentionMaskVisualizer:
             self.name = os.fspath(model)
             self.config = LlamaConfig.from_pretrained(model)
             if tokenizer is None:
-                from llama_shared.tokenizer import AutoTokenizer
-
                 tokenizer = AutoTokenizer.from_pretrained(model)
         else:
             self.config = model if isinstance(model, LlamaConfig) else model.config

@@ -17,13 +17,18 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from flax import serialization
+from orbax.checkpoint.experimental import v1 as ocp_v1
 
+from llama_shared.checkpoints.pagecache import drop_cached_files
 from llama_shared.config import LlamaConfig
-from llama_shared.convert import TensorSource, carried_files, read_ahead, write_side_files
 from llama_shared.errors import CheckpointError
 from llama_shared.layout import transposed
 from llama_shared.naming import flatten_tree, flax_path, hf_key, hf_key_order, unflatten_tree
-from llama_shared.pagecache import drop_cached_files
+from llama_twin.conversion.formats.base import Format, WriteOptions
+from llama_twin.conversion.source import TensorSource, carried_files, read_ahead, write_side_files
 
 PARAMS_DIR = "params"
 # Orbax's name for the PyTree inside a checkpoint written by its v1 API (partial saves); a params/
@@ -101,9 +106,6 @@ def _pytree_directory(params: str) -> str:
 
 
 def _orbax_reader(directory: str) -> tuple[dict, Any]:
-    import orbax.checkpoint as ocp
-    from etils import epath
-
     # The handler itself, not a Checkpointer: a Checkpointer looks for step metadata that the PyTree
     # item of a v1 checkpoint does not have (and warns), and adds nothing to a read.
     handler, folder = ocp.PyTreeCheckpointHandler(), epath.Path(directory)
@@ -133,8 +135,6 @@ def _orbax_reader(directory: str) -> tuple[dict, Any]:
 
 def _msgpack_reader(path: str) -> tuple[dict, Any]:
     """transformers' flax_model.msgpack; the format cannot be read lazily, so the file is read whole."""
-    from flax import serialization
-
     with open(path, "rb") as f:
         try:
             flat = flatten_tree(serialization.msgpack_restore(f.read()))
@@ -144,24 +144,22 @@ def _msgpack_reader(path: str) -> tuple[dict, Any]:
     return shapes, lambda targets: {p: np.asarray(flat[p]) for p in targets}
 
 
-def write_flax(source: TensorSource, directory: str) -> None:
+def write_flax(source: TensorSource, directory: str, options: WriteOptions) -> None:
     """Write config.json, the Orbax params/ checkpoint and the carried files into directory."""
-    from orbax.checkpoint.experimental import v1 as ocp
-
     params = os.path.abspath(os.path.join(directory, PARAMS_DIR))
     # Kernels are transposed in a thread of their own, overlapping Orbax's writing.
     flax_tensors = read_ahead(lambda: _flax_layout(source.tensors()))
-    context = ocp.Context()
+    context = ocp_v1.Context()
     context.array.saving.use_compression = False  # costs CPU time and saves nothing on weights
     context.memory.deepcopy_host_arrays = False  # nothing modifies a group while it is saved
     with context:
-        _save_groups(ocp, params, _groups(flax_tensors, lambda t: t[1].nbytes, GROUP_BYTES))
-        ocp.partial.finalize(params)
+        _save_groups(params, _groups(flax_tensors, lambda t: t[1].nbytes, GROUP_BYTES))
+        ocp_v1.partial.finalize(params)
     source.config.replace(torch_dtype=source.dtype_name).save_pretrained(directory)
     write_side_files(source, directory)
 
 
-def _save_groups(ocp: Any, params: str, groups: Iterable[list[tuple[tuple[str, ...], np.ndarray]]]) -> None:
+def _save_groups(params: str, groups: Iterable[list[tuple[tuple[str, ...], np.ndarray]]]) -> None:
     """Partial-save each group of (tree path, array) while the next group is read: one save in
     flight at a time (two partial saves of one checkpoint at once conflict), each dropped from the
     page cache once written. On an error the save in flight finishes first, so that the caller can
@@ -172,7 +170,7 @@ def _save_groups(ocp: Any, params: str, groups: Iterable[list[tuple[tuple[str, .
             if saving is not None:
                 saving.result()
                 drop_cached_files(params)  # Orbax has synced the group: its pages are clean
-            saving = ocp.partial.save_async(params, unflatten_tree(dict(group)))
+            saving = ocp_v1.partial.save_async(params, unflatten_tree(dict(group)))
     except BaseException:
         if saving is not None:
             with contextlib.suppress(Exception):
@@ -187,3 +185,7 @@ def _flax_layout(tensors: Iterator[tuple[str, np.ndarray]]) -> Iterator[tuple[tu
     for key, array in tensors:
         path, is_transposed = flax_path(key)
         yield path, (transposed(array) if is_transposed else array)
+
+
+FORMAT = Format("flax", f"config.json with an Orbax {PARAMS_DIR}/ folder or {MSGPACK_FILE}", is_flax_checkpoint,
+                flax_source, write_flax)

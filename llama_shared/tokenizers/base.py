@@ -8,8 +8,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .chat_template import render_chat_template
-from .tokenizer_files import TokenizerError
+from llama_shared.errors import TokenizerError
+from llama_shared.tokenizers.chat_template import render_chat_template
+from llama_shared.tokenizers.tensors import RETURN_TENSORS, as_return_tensors
 
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
 VERY_LARGE_INTEGER = int(1e30)  # transformers' model_max_length when none is configured
@@ -28,7 +29,7 @@ class BatchEncoding(dict):
         """Turn every value into a numpy ("np"), jax ("jax") or torch ("pt") int array, in place."""
         if return_tensors is None:
             return self
-        if return_tensors not in ("np", "jax", "pt"):
+        if return_tensors not in RETURN_TENSORS:
             raise TokenizerError(f"return_tensors must be 'np', 'jax' or 'pt', got {return_tensors!r}")
         for key, value in self.items():
             lengths = {len(row) for row in value} if value and isinstance(value[0], list) else None
@@ -37,16 +38,7 @@ class BatchEncoding(dict):
                     f"cannot make a {return_tensors} array of {key}: rows have lengths {sorted(lengths)}; "
                     "pass padding=True or padding='max_length'"
                 )
-            array = np.asarray(value, dtype=np.int64)
-            if return_tensors == "jax":
-                import jax.numpy as jnp
-
-                array = jnp.asarray(array)
-            elif return_tensors == "pt":
-                import torch
-
-                array = torch.from_numpy(array)
-            self[key] = array
+            self[key] = as_return_tensors(np.asarray(value, dtype=np.int64), return_tensors)
         return self
 
 

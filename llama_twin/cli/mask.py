@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from llama_twin.demo import demo_model_dir
+from llama_twin.mask_visualizer import AttentionMaskVisualizer
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("texts", nargs="+", metavar="TEXT",
@@ -19,13 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llama_shared.mask_visualizer import AttentionMaskVisualizer
-
-    if args.model is None:
-        from llama_shared.demo import demo_model_dir
-
-        args.model = demo_model_dir()
-    visualizer = AttentionMaskVisualizer(args.model)
+    visualizer = AttentionMaskVisualizer(demo_model_dir() if args.model is None else args.model)
     text = args.texts[0] if len(args.texts) == 1 else args.texts
     color = sys.stdout.isatty() if args.color is None else args.color
     print(visualizer.render(text, args.padding_side, color=color))
