@@ -1,7 +1,7 @@
 """Llama in Flax Linen: the twin of llama_torch/modeling.py, class for class and in the same order.
 
 Parameter paths are transformers' Flax paths (model/layers/0/self_attn/q_proj/kernel, kernels
-[in, out]). Numerics follow the contract in DESIGN.md: RMSNorm in float32 and cast back before the
+[in, out]). Numerics follow the contract in docs/numerics.md: RMSNorm in float32 and cast back before the
 weight, RoPE tables in float32 from llama_shared.rope, softmax in float32
 (jax.nn.dot_product_attention), GQA without repeating K/V. The cache is functional: layers take
 their (keys, values) and return the updated pair.

@@ -3,11 +3,10 @@ once read, and pages written are sent to disk a few pieces behind the writer and
 
 Without this a conversion leaves the model in the page cache twice (source and output), and its
 writes pile up as dirty pages until the kernel's own writeback throttles them. On virtual machines
-that hand free memory back to their host (free page reporting, as on the dev box), every page the
-cache grows into also costs a fault on the host: there a 2.47 GB hf -> hf conversion started 10 s
-after memory was freed took 3.0-3.4 s recycling a few dozen MB of cache, 7.4-8.1 s without
-(benchmarks/RESULTS.md). Where the system lacks posix_fadvise or sync_file_range (not Linux),
-files are read and written the ordinary way.
+that hand free memory back to their host (free page reporting), every page the cache grows into
+also costs a fault on the host, so recycling a few dozen MB of cache is cheaper than growing it.
+Where the system lacks posix_fadvise or sync_file_range (not Linux), files are read and written
+the ordinary way.
 """
 
 from __future__ import annotations

@@ -177,7 +177,7 @@ class MetaCheckpoint:
         """Each key's pieces, one new array per file, leaving none of their pages in the page cache.
 
         Where every file stores each tensor whole in a record of its own (as torch.save does), the
-        pieces are read straight into their arrays and dropped behind (about 3x faster than copying
+        pieces are read straight into their arrays and dropped behind (large reads instead of copying
         out of a memory map page fault by page fault); otherwise they are copied out of
         torch.load's memory map."""
         if all(offsets is not None for offsets in self._offsets):
@@ -446,7 +446,7 @@ def _reserve_pth(path: str, specs: dict[str, tuple[tuple[int, ...], np.dtype]]) 
 
     The tensors are plain torch.empty: address space only, as skip_data writes none of their bytes
     and nothing touches their pages. FakeTensorMode tensors would do as well, but importing it
-    imports torch._dynamo (1.5 s); they are the fallback where the system refuses the address space
+    imports torch._dynamo (seconds); they are the fallback where the system refuses the address space
     (vm.overcommit_memory=2)."""
     def empty() -> dict[str, Any]:
         return {k: torch.empty(shape, dtype=_torch_dtype(dtype)) for k, (shape, dtype) in specs.items()}
