@@ -5,16 +5,14 @@ from __future__ import annotations
 import io
 import re
 
-import numpy as np
 import pytest
 
-from helpers_generation import model_folder_with_tokenizer
 from llama_twin.cli import main
 
 
 @pytest.fixture(scope="module")
-def folder(hf_checkpoint, tmp_path_factory):
-    return str(model_folder_with_tokenizer(hf_checkpoint, tmp_path_factory.mktemp("cli") / "model"))
+def folder(model_folder_with_tokenizer, tmp_path_factory):
+    return str(model_folder_with_tokenizer(tmp_path_factory.mktemp("cli") / "model"))
 
 
 CLOSING = re.compile(r"\[(\d+) tokens, [\d.]+ tok/s, first token after \d+ ms(, compile [\d.]+ s)?\]")

@@ -9,7 +9,6 @@ import re
 import numpy as np
 import pytest
 
-from fixtures_tokenizer import trained_spm_path
 from llama_twin.cli import main as cli_main
 from llama_shared.config import LlamaConfig
 from llama_twin.mask_visualizer import ATTENDED, DIAGONAL_PLAIN, MASKED, AttentionMaskVisualizer
@@ -20,12 +19,12 @@ ROW = re.compile(r"^(?P<label>.*): +(?P<index>\d+) (?P<cells>[■⬚◆ ]+)$")
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def model_dir(tmp_path_factory, trained_spm_path):
     """A model folder with config.json and a sentencepiece tokenizer (no weights: none are needed)."""
     directory = tmp_path_factory.mktemp("mask_model")
     LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                 num_attention_heads=4).save_pretrained(directory)
-    (directory / "tokenizer.model").write_bytes(trained_spm_path().read_bytes())
+    (directory / "tokenizer.model").write_bytes(trained_spm_path.read_bytes())
     (directory / "tokenizer_config.json").write_text(json.dumps(
         {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
          "pad_token": "<unk>", "add_bos_token": True, "padding_side": "left"}))

@@ -6,13 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers_generation import model_folder_with_tokenizer
 from llama_twin.pipeline import pipeline
 
 
 @pytest.fixture(scope="module")
-def folder(hf_checkpoint, tmp_path_factory):
-    return model_folder_with_tokenizer(hf_checkpoint, tmp_path_factory.mktemp("pipeline") / "model")
+def folder(model_folder_with_tokenizer, tmp_path_factory):
+    return model_folder_with_tokenizer(tmp_path_factory.mktemp("pipeline") / "model")
 
 
 @pytest.fixture(scope="module", params=["torch", "flax"])

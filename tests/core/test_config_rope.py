@@ -14,8 +14,7 @@ from llama_shared import rope
 from llama_shared.config import LlamaConfig
 from llama_shared.errors import ConfigError
 from llama_shared.presets import PRESETS
-
-from conftest import ROPE_CASES
+from tests.cases import ROPE_CASES
 
 ROPE_TABLE_CASES = {
     "default": dict(),

@@ -1,10 +1,11 @@
 """Checks that need several devices or processes, run as scripts in their own process (XLA_FLAGS must
-be set before jax starts, which a pytest process has already done). tests/test_parallel.py runs them.
+be set before jax starts, which a pytest process has already done). tests/flax/test_parallel.py runs
+them, and imports batch() and train_config() to compute the one-process reference.
 
-    python tests/helpers_parallel.py meshes CHECKPOINT_DIR
+    python tests/flax/parallel_checks.py meshes CHECKPOINT_DIR
         On 8 simulated CPU devices: logits, greedy generation and one train step (loss, updated params)
         on meshes (8,1,1), (1,8,1), (1,2,4), (2,2,2) and under pmap, each against one device.
-    python tests/helpers_parallel.py multihost CHECKPOINT_DIR PROCESS_ID PORT OUT_FILE
+    python tests/flax/parallel_checks.py multihost CHECKPOINT_DIR PROCESS_ID PORT OUT_FILE
         One of two processes (2 CPU devices each) joined by jax.distributed: sharded loading and one
         sharded train step; writes the loss and the updated params (gathered) to OUT_FILE (.npz).
 
@@ -27,7 +28,8 @@ def main(argv: list[str]) -> int:
     devices = 8 if mode == "meshes" else 2
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     os.environ["JAX_PLATFORMS"] = "cpu"
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    tests_flax = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(tests_flax)))  # the repo root, two folders up
     if mode == "meshes":
         return check_meshes(argv[1])
     return check_multihost(argv[1], int(argv[2]), int(argv[3]), argv[4])
@@ -135,7 +137,7 @@ def check_multihost(checkpoint: str, process_id: int, port: int, out_file: str) 
     jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)
     import numpy as np
 
-    from llama_flax import parallel, sharding
+    from llama_flax import parallel
     from llama_flax.modeling import FlaxLlamaForCausalLM
     from llama_flax.training import Trainer
     from llama_shared.naming import flatten_tree

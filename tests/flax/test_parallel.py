@@ -1,6 +1,6 @@
 """llama_flax.parallel: the rule table, specs, mesh building and sharded loading in this process (one
 device); the 8-device meshes, pmap and two jax.distributed processes in subprocesses
-(tests/helpers_parallel.py), since XLA_FLAGS must be set before jax starts."""
+(tests/flax/parallel_checks.py), since XLA_FLAGS must be set before jax starts."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from llama_shared.checkpoints import SINGLE_FILE, Checkpoint, save_tensors
 from llama_shared.config import LlamaConfig
 from llama_shared.naming import flatten_tree
 
-HELPER = os.path.join(os.path.dirname(__file__), "helpers_parallel.py")
+HELPER = os.path.join(os.path.dirname(__file__), "parallel_checks.py")
 TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=1, num_attention_heads=4,
             num_key_value_heads=2, attention_bias=True, mlp_bias=True, num_labels=3)
 
@@ -154,7 +154,7 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_two_processes_run_one_sharded_train_step_and_agree(hf_checkpoint, tmp_path):
-    from helpers_parallel import batch, train_config
+    from tests.flax.parallel_checks import batch, train_config
 
     from llama_flax.training import Trainer
 

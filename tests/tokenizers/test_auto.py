@@ -8,7 +8,6 @@ import warnings
 
 import pytest
 
-from fixtures_tokenizer import hf_llama3_fast, llama3_tiktoken_path, trained_spm_path
 from llama_shared.errors import TokenizerError
 from llama_shared.tokenizers import AutoTokenizer, Llama3Tokenizer, LlamaTokenizer, LlamaTokenizerFast
 from llama_shared.tokenizers.llama3 import LLAMA3_SPECIAL_TOKENS
@@ -53,8 +52,8 @@ def _same_ids(ours, ref, texts=TEXTS):
 
 
 @pytest.mark.parametrize("legacy", [True, False])
-def test_auto_from_transformers_fast_dir(tmp_path, legacy):
-    ref = transformers.LlamaTokenizerFast(vocab_file=str(trained_spm_path()), from_slow=True, legacy=legacy,
+def test_auto_from_transformers_fast_dir(tmp_path, legacy, trained_spm_path):
+    ref = transformers.LlamaTokenizerFast(vocab_file=str(trained_spm_path), from_slow=True, legacy=legacy,
                                           add_prefix_space=True, add_eos_token=True)
     ref.save_pretrained(tmp_path)
     ref = transformers.AutoTokenizer.from_pretrained(tmp_path)
@@ -64,8 +63,8 @@ def test_auto_from_transformers_fast_dir(tmp_path, legacy):
 
 
 @pytest.mark.parametrize("legacy", [True, False])
-def test_auto_from_transformers_slow_dir(tmp_path, legacy):
-    ref = transformers.LlamaTokenizer(str(trained_spm_path()), legacy=legacy, pad_token="</s>")
+def test_auto_from_transformers_slow_dir(tmp_path, legacy, trained_spm_path):
+    ref = transformers.LlamaTokenizer(str(trained_spm_path), legacy=legacy, pad_token="</s>")
     ref.save_pretrained(tmp_path)
     assert not (tmp_path / "tokenizer.json").exists()
     slow = AutoTokenizer.from_pretrained(tmp_path, use_fast=False)
@@ -76,7 +75,7 @@ def test_auto_from_transformers_slow_dir(tmp_path, legacy):
     assert slow.pad_token_id == fast.pad_token_id == ref.pad_token_id
 
 
-def test_auto_llama3_tokenizer_json_and_meta_dir(tmp_path):
+def test_auto_llama3_tokenizer_json_and_meta_dir(tmp_path, llama3_tiktoken_path, hf_llama3_fast):
     ref = hf_llama3_fast(tuple(LLAMA3_SPECIAL_TOKENS["3.1"]))
     ref.chat_template = HUB_LLAMA3_TEMPLATE
     hf_dir = tmp_path / "hf"
@@ -91,7 +90,7 @@ def test_auto_llama3_tokenizer_json_and_meta_dir(tmp_path):
 
     meta_dir = tmp_path / "meta" / "original"
     meta_dir.mkdir(parents=True)
-    shutil.copy(llama3_tiktoken_path(), meta_dir / "tokenizer.model")
+    shutil.copy(llama3_tiktoken_path, meta_dir / "tokenizer.model")
     meta_tok = AutoTokenizer.from_pretrained(meta_dir.parent)
     assert isinstance(meta_tok, Llama3Tokenizer)
     _same_ids(meta_tok, ref, [t for t in TEXTS if t.strip() == t])  # HF cleans up spaces on decode, Meta not
@@ -109,8 +108,8 @@ def test_auto_errors(tmp_path):
 
 @pytest.mark.parametrize("conversation", CONVERSATIONS[:2])
 @pytest.mark.parametrize("generation_prompt", [False, True])
-def test_llama2_chat_matches_transformers(conversation, generation_prompt):
-    path = str(trained_spm_path())
+def test_llama2_chat_matches_transformers(conversation, generation_prompt, trained_spm_path):
+    path = str(trained_spm_path)
     ref = transformers.LlamaTokenizer(path, legacy=False)
     ref.chat_template = HUB_LLAMA2_TEMPLATE
     for ours in (LlamaTokenizer(path, legacy=False), LlamaTokenizerFast(path, legacy=False)):
@@ -120,29 +119,29 @@ def test_llama2_chat_matches_transformers(conversation, generation_prompt):
             conversation, tokenize=False)
 
 
-def test_llama2_chat_rejects_bad_role_order():
-    ours = LlamaTokenizer(str(trained_spm_path()))
+def test_llama2_chat_rejects_bad_role_order(trained_spm_path):
+    ours = LlamaTokenizer(str(trained_spm_path))
     with pytest.raises(TokenizerError, match="alternate"):
         ours.apply_chat_template([{"role": "assistant", "content": "x"}])
 
 
 @pytest.mark.parametrize("conversation", CONVERSATIONS)
 @pytest.mark.parametrize("generation_prompt", [False, True])
-def test_llama3_chat_matches_transformers(conversation, generation_prompt):
+def test_llama3_chat_matches_transformers(conversation, generation_prompt, llama3_tiktoken_path, hf_llama3_fast):
     ref = hf_llama3_fast(tuple(LLAMA3_SPECIAL_TOKENS["3.1"]))
-    ours = Llama3Tokenizer(llama3_tiktoken_path())
+    ours = Llama3Tokenizer(llama3_tiktoken_path)
     want = ref.apply_chat_template(conversation, add_generation_prompt=generation_prompt,
                                    chat_template=HUB_LLAMA3_TEMPLATE)
     assert ours.apply_chat_template(conversation, add_generation_prompt=generation_prompt) == want
 
 
-def test_llama3_chat_matches_meta_chat_format():
+def test_llama3_chat_matches_meta_chat_format(llama3_tiktoken_path):
     from llama_models.datatypes import RawMessage
     from llama_models.llama3.chat_format import ChatFormat
     from llama_models.llama3.tokenizer import Tokenizer
 
-    chat = ChatFormat(Tokenizer(llama3_tiktoken_path()))
-    ours = Llama3Tokenizer(llama3_tiktoken_path())
+    chat = ChatFormat(Tokenizer(llama3_tiktoken_path))
+    ours = Llama3Tokenizer(llama3_tiktoken_path)
     for conversation in CONVERSATIONS:
         stripped = [{"role": m["role"], "content": m["content"].strip()} for m in conversation]
         want = chat.encode_dialog_prompt([RawMessage(**m) for m in stripped]).tokens

@@ -7,10 +7,10 @@ import pytest
 import tiktoken
 from hypothesis import HealthCheck, given, settings
 
-from fixtures_tokenizer import TRICKY_PIECES, hf_llama3_fast, llama3_tiktoken_path, tricky_text
 from llama_shared.errors import TokenizerError
 from llama_shared.tokenizers import Llama3Tokenizer, LlamaTokenizer
 from llama_shared.tokenizers.llama3 import LLAMA3_SPECIAL_TOKENS, split_long_runs
+from tests.cases import TRICKY_PIECES, tricky_text
 
 HYPOTHESIS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CASES = ["", "This is a test sentence.", " Hello", "Hello  world\n\n\n", "<|begin_of_text|>hi<|eot_id|>",
@@ -18,28 +18,28 @@ CASES = ["", "This is a test sentence.", " Hello", "Hello  world\n\n\n", "<|begi
 
 
 @pytest.fixture(scope="module")
-def meta():
+def meta(llama3_tiktoken_path):
     from llama_models.llama3.tokenizer import Tokenizer
 
-    return Tokenizer(llama3_tiktoken_path())
+    return Tokenizer(llama3_tiktoken_path)
 
 
 @pytest.fixture(scope="module")
-def ours():
-    return Llama3Tokenizer(llama3_tiktoken_path(), special_tokens="3.2")
+def ours(llama3_tiktoken_path):
+    return Llama3Tokenizer(llama3_tiktoken_path, special_tokens="3.2")
 
 
 @pytest.fixture(scope="module")
-def hf():
+def hf(hf_llama3_fast):
     return hf_llama3_fast(tuple(LLAMA3_SPECIAL_TOKENS["3.1"]))
 
 
 @pytest.fixture(scope="module")
-def ours31():
-    return Llama3Tokenizer(llama3_tiktoken_path(), clean_up_tokenization_spaces=True)
+def ours31(llama3_tiktoken_path):
+    return Llama3Tokenizer(llama3_tiktoken_path, clean_up_tokenization_spaces=True)
 
 
-def test_special_token_tables(meta, ours):
+def test_special_token_tables(meta, ours, llama3_tiktoken_path):
     """ids 128000..128255 in each release; the 3.2 table is the one llama-models ships."""
     assert ours.special_tokens == meta.special_tokens
     assert len(ours) == meta.n_words == 128256
@@ -49,7 +49,7 @@ def test_special_token_tables(meta, ours):
     assert (v30.index("<|eot_id|>"), v30.index("<|start_header_id|>"), v30[8]) == (9, 6, "<|reserved_special_token_4|>")
     assert (v31.index("<|eom_id|>"), v31.index("<|python_tag|>"), v31.index("<|finetune_right_pad_id|>")) == (8, 10, 4)
     assert v30[-1] == "<|reserved_special_token_250|>" and v31[-1] == "<|reserved_special_token_247|>"
-    tok30 = Llama3Tokenizer(llama3_tiktoken_path(), special_tokens="3.0")
+    tok30 = Llama3Tokenizer(llama3_tiktoken_path, special_tokens="3.0")
     assert tok30.encode("<|reserved_special_token_4|>", add_special_tokens=False) == [128008]
     assert tok30.decode([128008]) == "<|reserved_special_token_4|>"
     assert sorted(ours.stop_tokens) == sorted(meta.stop_tokens)
@@ -124,17 +124,15 @@ def test_batch_matches_tiktoken_batch(ours):
     assert ours(texts, add_special_tokens=False)["input_ids"] == encoding.encode_ordinary_batch(texts)
 
 
-def test_wrong_kind_and_corrupt_files(tmp_path):
-    from fixtures_tokenizer import trained_spm_path
-
+def test_wrong_kind_and_corrupt_files(tmp_path, trained_spm_path, llama3_tiktoken_path):
     with pytest.raises(TokenizerError, match="is a sentencepiece model.*use LlamaTokenizer"):
-        Llama3Tokenizer(trained_spm_path())
+        Llama3Tokenizer(trained_spm_path)
     broken = tmp_path / "tokenizer.model"
-    lines = llama3_tiktoken_path().read_bytes().splitlines()[:10]
+    lines = llama3_tiktoken_path.read_bytes().splitlines()[:10]
     broken.write_bytes(b"\n".join(lines + [b"!!notbase64 10"]))
     with pytest.raises(TokenizerError, match="line 11"):
         Llama3Tokenizer(broken)
     with pytest.raises(TokenizerError, match="not one of the Llama 3 special tokens"):
-        Llama3Tokenizer(llama3_tiktoken_path(), eos_token="</s>")
+        Llama3Tokenizer(llama3_tiktoken_path, eos_token="</s>")
     with pytest.raises(TokenizerError, match="tiktoken BPE file"):
-        LlamaTokenizer(llama3_tiktoken_path())
+        LlamaTokenizer(llama3_tiktoken_path)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from fixtures_tokenizer import TRICKY_PIECES, trained_spm_path, tricky_text
 from llama_shared.errors import TokenizerError
 from llama_shared.tokenizers import LlamaTokenizer, LlamaTokenizerFast
+from tests.cases import TRICKY_PIECES, tricky_text
 
 transformers = pytest.importorskip("transformers")
 warnings.filterwarnings("ignore", message=".*legacy.*")
@@ -24,10 +24,10 @@ HYPOTHESIS = settings(max_examples=50, deadline=None, suppress_health_check=[Hea
 
 
 @pytest.fixture(scope="module", params=SETTINGS, ids=lambda p: f"legacy={p[0]}-prefix={p[1]}")
-def pair(request):
+def pair(request, trained_spm_path):
     """(ours_slow, hf_slow, ours_fast, hf_fast) for one legacy/add_prefix_space setting."""
     legacy, aps = request.param
-    path = str(trained_spm_path())
+    path = str(trained_spm_path)
     return (LlamaTokenizer(path, legacy=legacy, add_prefix_space=aps),
             transformers.LlamaTokenizer(path, legacy=legacy, add_prefix_space=aps),
             LlamaTokenizerFast(path, legacy=legacy, add_prefix_space=aps),
@@ -59,11 +59,11 @@ def test_hypothesis_matches_transformers(pair, text):
     _check_text(pair, text)
 
 
-def test_legacy_matches_raw_sentencepiece():
+def test_legacy_matches_raw_sentencepiece(trained_spm_path):
     """With legacy=True and no special tokens in the text, ids are sentencepiece's own."""
     import sentencepiece as spm
 
-    path = str(trained_spm_path())
+    path = str(trained_spm_path)
     sp = spm.SentencePieceProcessor(model_file=path)
     ours = LlamaTokenizer(path, legacy=True)
     for text in CASES + TRICKY_PIECES:
@@ -71,8 +71,8 @@ def test_legacy_matches_raw_sentencepiece():
             assert ours.encode(text, add_special_tokens=False) == sp.encode(text), text
 
 
-def test_batch_call_padding_truncation_and_tensors():
-    path = str(trained_spm_path())
+def test_batch_call_padding_truncation_and_tensors(trained_spm_path):
+    path = str(trained_spm_path)
     texts = ["Hello world", "x", "", "a much longer sentence that will be truncated somewhere"]
     for ours, theirs in ((LlamaTokenizer(path, pad_token="<unk>", add_eos_token=True),
                           transformers.LlamaTokenizer(path, pad_token="<unk>", add_eos_token=True, legacy=True)),
@@ -98,8 +98,8 @@ def test_batch_call_padding_truncation_and_tensors():
             want["input_ids"], skip_special_tokens=True)
 
 
-def test_ragged_tensor_and_missing_pad_fail_clearly():
-    ours = LlamaTokenizerFast(str(trained_spm_path()))
+def test_ragged_tensor_and_missing_pad_fail_clearly(trained_spm_path):
+    ours = LlamaTokenizerFast(str(trained_spm_path))
     with pytest.raises(TokenizerError, match="padding=True"):
         ours(["a", "a longer text"], return_tensors="np")
     with pytest.raises(TokenizerError, match="pad_token"):
@@ -109,8 +109,8 @@ def test_ragged_tensor_and_missing_pad_fail_clearly():
 
 
 @pytest.mark.parametrize("bos,eos", [(True, False), (False, True), (True, True), (False, False)])
-def test_special_token_helpers(bos, eos):
-    path = str(trained_spm_path())
+def test_special_token_helpers(bos, eos, trained_spm_path):
+    path = str(trained_spm_path)
     ref = transformers.LlamaTokenizer(path, add_bos_token=bos, add_eos_token=eos, legacy=True)
     for ours in (LlamaTokenizer(path, add_bos_token=bos, add_eos_token=eos),
                  LlamaTokenizerFast(path, add_bos_token=bos, add_eos_token=eos)):
@@ -127,9 +127,9 @@ def test_special_token_helpers(bos, eos):
         assert ours.convert_tokens_to_ids(["<s>", "▁", "<0x41>"]) == ref.convert_tokens_to_ids(["<s>", "▁", "<0x41>"])
 
 
-def test_fast_post_processor_follows_flags():
+def test_fast_post_processor_follows_flags(trained_spm_path):
     """Setting add_bos/add_eos after construction rewrites the post-processor (transformers #23855)."""
-    path = str(trained_spm_path())
+    path = str(trained_spm_path)
     ours = LlamaTokenizerFast(path)
     ref = transformers.LlamaTokenizerFast(vocab_file=path, from_slow=True, legacy=True, add_prefix_space=True)
     for bos, eos in ((False, True), (True, True), (False, False)):
@@ -141,8 +141,8 @@ def test_fast_post_processor_follows_flags():
         LlamaTokenizerFast(path, bos_token=None)
 
 
-def test_new_pad_token_gets_the_next_id():
-    path = str(trained_spm_path())
+def test_new_pad_token_gets_the_next_id(trained_spm_path):
+    path = str(trained_spm_path)
     ref = transformers.LlamaTokenizer(path, pad_token="<pad>", legacy=True)
     for ours in (LlamaTokenizer(path, pad_token="<pad>"), LlamaTokenizerFast(path, pad_token="<pad>")):
         assert ours.pad_token_id == ref.pad_token_id == ref.vocab_size
@@ -150,8 +150,8 @@ def test_new_pad_token_gets_the_next_id():
         assert ours.encode("x <pad> y") == ref.encode("x <pad> y")
 
 
-def test_save_vocabulary_round_trips(tmp_path):
-    path = str(trained_spm_path())
+def test_save_vocabulary_round_trips(tmp_path, trained_spm_path):
+    path = str(trained_spm_path)
     slow = LlamaTokenizer(path, legacy=False)
     (saved,) = slow.save_vocabulary(tmp_path)
     assert open(saved, "rb").read() == open(path, "rb").read()
@@ -162,15 +162,13 @@ def test_save_vocabulary_round_trips(tmp_path):
         assert again.encode(text) == fast.encode(text)
 
 
-def test_wrong_kind_and_corrupt_files_fail_clearly(tmp_path):
-    from fixtures_tokenizer import llama3_tiktoken_path
-
+def test_wrong_kind_and_corrupt_files_fail_clearly(tmp_path, trained_spm_path, llama3_tiktoken_path):
     with pytest.raises(TokenizerError, match="tiktoken BPE file, not a sentencepiece model; use Llama3Tokenizer"):
-        LlamaTokenizer(llama3_tiktoken_path())
+        LlamaTokenizer(llama3_tiktoken_path)
     with pytest.raises(TokenizerError, match="tiktoken BPE file"):
-        LlamaTokenizerFast(llama3_tiktoken_path())
+        LlamaTokenizerFast(llama3_tiktoken_path)
     corrupt = tmp_path / "tokenizer.model"
-    corrupt.write_bytes(trained_spm_path().read_bytes()[:1000])
+    corrupt.write_bytes(trained_spm_path.read_bytes()[:1000])
     with pytest.raises(TokenizerError, match=str(corrupt)):
         LlamaTokenizer(corrupt)
     bad_json = tmp_path / "tokenizer.json"
@@ -180,9 +178,9 @@ def test_wrong_kind_and_corrupt_files_fail_clearly(tmp_path):
 
 
 @pytest.mark.parametrize("framework", ["jax", "pt"])
-def test_return_tensors_for_each_backend(framework):
+def test_return_tensors_for_each_backend(framework, trained_spm_path):
     module = pytest.importorskip("jax.numpy" if framework == "jax" else "torch")
-    ours = LlamaTokenizerFast(str(trained_spm_path()), pad_token="<unk>")
+    ours = LlamaTokenizerFast(str(trained_spm_path), pad_token="<unk>")
     out = ours(["Hello world", "x"], padding=True, return_tensors=framework)
     want = ours(["Hello world", "x"], padding=True)
     assert isinstance(out.input_ids, module.ndarray if framework == "jax" else module.Tensor)

@@ -37,15 +37,6 @@ class Untouchable:
         raise AssertionError("compiled machinery called before the input was checked")
 
 
-@pytest.fixture(scope="module")
-def twins(hf_checkpoint):
-    from llama_flax import FlaxLlamaForCausalLM
-    from llama_torch import LlamaForCausalLM
-
-    folder = hf_checkpoint()
-    return LlamaForCausalLM.from_pretrained(folder), FlaxLlamaForCausalLM.from_pretrained(folder)
-
-
 @pytest.fixture
 def no_compiling(monkeypatch):
     import llama_flax.generation as flax_generation
@@ -75,22 +66,6 @@ def test_bad_input_raises_before_compiling(case, backend, twins, no_compiling):
     assert message in str(error.value)
 
 
-def test_generation_errors_are_value_errors():
-    with pytest.raises(ValueError, match="top_p must be in \\(0, 1\\]"):
-        GenerationConfig(top_p=0)
-
-
-def test_unknown_generation_field():
-    with pytest.raises(GenerationError, match="top_q"):
-        GenerationConfig().update(top_q=0.5)
-
-
-def test_a_bad_generation_config_file_names_the_file(tmp_path):
-    (tmp_path / "generation_config.json").write_text('{"temperature": "hot"}')
-    with pytest.raises(GenerationError, match="generation_config.json.*temperature"):
-        GenerationConfig.from_pretrained(tmp_path)
-
-
 def test_a_prompt_longer_than_a_given_cache(twins):
     from llama_shared.generation import plan_generation
 
@@ -99,11 +74,3 @@ def test_a_prompt_longer_than_a_given_cache(twins):
         plan_generation(PROMPT, None, config, twins[0].config, cache_length=3)
     with pytest.raises(GenerationError, match="need 8 cache slots"):
         plan_generation(PROMPT, None, config, twins[0].config, cache_length=6)
-
-
-def test_nulls_in_a_generation_config_file(tmp_path):
-    (tmp_path / "generation_config.json").write_text(
-        '{"temperature": null, "top_p": null, "top_k": null, "do_sample": true, "eos_token_id": [3, 4]}')
-    config = GenerationConfig.from_pretrained(tmp_path)
-    assert (config.temperature, config.top_p, config.top_k, config.eos_token_id) == (1.0, 1.0, None, [3, 4])
-    assert config.processors() == ("min_new_tokens",)

@@ -8,13 +8,12 @@ import threading
 import numpy as np
 import pytest
 
-from helpers_generation import model_folder_with_tokenizer
 from llama_shared.streaming import TextIteratorStreamer, TextStreamer
 
 
 @pytest.fixture(scope="module")
-def folder(hf_checkpoint, tmp_path_factory):
-    return model_folder_with_tokenizer(hf_checkpoint, tmp_path_factory.mktemp("streaming") / "model")
+def folder(model_folder_with_tokenizer, tmp_path_factory):
+    return model_folder_with_tokenizer(tmp_path_factory.mktemp("streaming") / "model")
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,11 @@ import pytest
 import torch
 import transformers
 
-from conftest import MODEL_CASES
 from llama_flax import (FlaxLlamaForCausalLM, FlaxLlamaForQuestionAnswering, FlaxLlamaForSequenceClassification,
                         FlaxLlamaForTokenClassification, FlaxLlamaModel)
 from llama_torch import (LlamaForCausalLM, LlamaForQuestionAnswering, LlamaForSequenceClassification,
                          LlamaForTokenClassification, LlamaModel)
+from tests.cases import MODEL_CASES
 
 TOL = 1e-4
 SEQ, PAD = 300, 37

@@ -102,15 +102,6 @@ def test_expected_distribution_differs_from_unfiltered():
         assert np.abs(expected_distribution(**sampling) - plain).max() > 0.02, case
 
 
-@pytest.fixture(scope="module")
-def twins(hf_checkpoint):
-    from llama_flax import FlaxLlamaForCausalLM
-    from llama_torch import LlamaForCausalLM
-
-    folder = hf_checkpoint()
-    return LlamaForCausalLM.from_pretrained(folder), FlaxLlamaForCausalLM.from_pretrained(folder)
-
-
 def test_seed_makes_sampling_reproducible(twins):
     torch_model, flax_model = twins
     ids = np.array([[1, 17, 33, 45, 9]])

@@ -1,5 +1,7 @@
-"""Shared tokenizer test fixtures: a Llama-style sentencepiece model trained on the spot, and
-the path of Meta's Llama 3 tiktoken file from the llama-models package (no downloads)."""
+"""The tokenizer files the tests compare against: a Llama-style sentencepiece model trained on the
+spot, Meta's Llama 3 tiktoken file from the llama-models package (no downloads), and transformers'
+fast tokenizer built from it. Plain functions, cached per process: tests/conftest.py serves them as
+fixtures (trained_spm_path, llama3_tiktoken_path, hf_llama3_fast), benchmarks/tokenize.py calls them."""
 
 from __future__ import annotations
 
@@ -78,20 +80,3 @@ def hf_llama3_fast(special_tokens: tuple[str, ...]):
     ])
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|begin_of_text|>",
                                    eos_token="<|end_of_text|>", clean_up_tokenization_spaces=True)
-
-
-# Pieces that stress tokenizers: whitespace runs, CJK, emoji, combining marks, controls and
-# strings that look like (or are) special tokens of either tokenizer family.
-TRICKY_PIECES = [" ", "  ", "   ", "\t", "\n", "\n\n", "\r\n", "\u3000", "\u00a0", "\u2581", "\u2581\u2581",
-                 "<s>", "</s>", "<unk>", "<s", "s>", "</", "<<s>>", "<|begin_of_text|>", "<|eot_id|>",
-                 "<|end_of_text|", "<|reserved_special_token_7|>", "<|python_tag|>", "生活的真谛是", "日本", "🙂",
-                 "👍🏽", "👨‍👩‍👧", "e\u0301", "\u0301", "\x00", "\x07", "\x7f", "\u200b", "\ufeff", "Hello",
-                 " world", "'s", "'LL", "don't", "123456", "3.14", ".", " .", "?!", "naïve", "Ελλ"]
-
-
-def tricky_text():
-    """Hypothesis strategy: arbitrary unicode mixed with TRICKY_PIECES (empty strings included)."""
-    from hypothesis import strategies as st
-
-    piece = st.one_of(st.text(max_size=6), st.sampled_from(TRICKY_PIECES))
-    return st.lists(piece, max_size=10).map("".join)
