@@ -40,14 +40,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from llama_shared.checkpoint import write_checkpoint  # noqa: E402
+from llama_shared.checkpoints import write_checkpoint  # noqa: E402
 from llama_shared.config import LlamaConfig  # noqa: E402
 
 BLOCK = 16 * 2**20
 CHILD = """
 import json, sys, time
 import orbax.checkpoint, torch  # imported before the clock starts: a fixed cost, not reading
-from llama_shared.convert import convert
+from llama_twin.conversion import convert
 
 def peak_rss():  # VmHWM: this process's own high-water mark (ru_maxrss would include the parent's at fork)
     with open("/proc/self/status") as f:

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.convert import write_random_checkpoint  # noqa: E402
 from benchmarks.timing import interleaved_best_times  # noqa: E402
-from llama_shared.checkpoint import Checkpoint  # noqa: E402
+from llama_shared.checkpoints import Checkpoint  # noqa: E402
 from llama_shared.config import LlamaConfig  # noqa: E402
 
 

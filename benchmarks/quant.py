@@ -22,7 +22,7 @@ import torch  # noqa: E402
 
 from llama_flax import quantization as flax_quant  # noqa: E402
 from llama_flax.modeling import FlaxLlamaForCausalLM  # noqa: E402
-from llama_shared.checkpoint import save_tensors  # noqa: E402
+from llama_shared.checkpoints import save_tensors  # noqa: E402
 from llama_shared.config import LlamaConfig  # noqa: E402
 from llama_torch import quantization as torch_quant  # noqa: E402
 from llama_torch.modeling import LlamaForCausalLM  # noqa: E402

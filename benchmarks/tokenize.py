@@ -13,16 +13,16 @@ from pathlib import Path
 # drop its own folder from the import path before anything imports it.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent / "tests"))
+sys.path.insert(0, str(_HERE.parent))
 
 import argparse  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 
-from fixtures_tokenizer import english_ish_corpus, hf_llama3_fast, llama3_tiktoken_path, trained_spm_path  # noqa: E402
+from tests.tokenizer_files import english_ish_corpus, hf_llama3_fast, llama3_tiktoken_path, trained_spm_path  # noqa: E402
 
-from llama_shared.tokenizer import Llama3Tokenizer, LlamaTokenizerFast  # noqa: E402
-from llama_shared.tokenizer_tiktoken import LLAMA3_SPECIAL_TOKENS  # noqa: E402
+from llama_shared.tokenizers import Llama3Tokenizer, LlamaTokenizerFast  # noqa: E402
+from llama_shared.tokenizers.llama3 import LLAMA3_SPECIAL_TOKENS  # noqa: E402
 
 
 def best_time(fn, texts: list[str], repeats: int) -> tuple[float, list[list[int]]]:

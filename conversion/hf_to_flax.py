@@ -6,7 +6,7 @@ python conversion/hf_to_flax.py SRC DST [--dtype bfloat16] [--overwrite] [--veri
 
 import sys
 
-from llama_shared.cli import main
+from llama_twin.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["convert", *sys.argv[1:], "--from", "hf", "--to", "flax"]))

@@ -22,7 +22,7 @@ from flax import serialization
 from llama_flax.generation import GenerationMixin
 from llama_flax.quantization import quantize
 from llama_shared import layout
-from llama_shared.checkpoint import (DEFAULT_SHARD_SIZE, INDEX_FILE, SINGLE_FILE, Checkpoint, requested_dtype,
+from llama_shared.checkpoints import (DEFAULT_SHARD_SIZE, INDEX_FILE, SINGLE_FILE, Checkpoint, requested_dtype,
                                      resolve_model_dir, tensor_nbytes, write_checkpoint)
 from llama_shared.config import LlamaConfig
 from llama_shared.errors import CheckpointError

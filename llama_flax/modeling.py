@@ -1,7 +1,7 @@
 """Llama in Flax Linen: the twin of llama_torch/modeling.py, class for class and in the same order.
 
 Parameter paths are transformers' Flax paths (model/layers/0/self_attn/q_proj/kernel, kernels
-[in, out]). Numerics follow the contract in DESIGN.md: RMSNorm in float32 and cast back before the
+[in, out]). Numerics follow the contract in docs/numerics.md: RMSNorm in float32 and cast back before the
 weight, RoPE tables in float32 from llama_shared.rope, softmax in float32
 (jax.nn.dot_product_attention), GQA without repeating K/V. The cache is functional: layers take
 their (keys, values) and return the updated pair.
@@ -18,8 +18,10 @@ import optax
 
 from llama_flax.cache import KVCache
 from llama_flax.loading import FlaxPreTrainedModel
-from llama_flax.parallel import constrain
-from llama_flax.quantization import linear
+from llama_flax.matmul import dense_dot_general
+from llama_flax.quantization import QuantizedDense
+from llama_flax.sharding import constrain
+from llama_shared import quantization as q
 from llama_shared import rope
 from llama_shared.config import LlamaConfig
 from llama_shared.heads import IGNORE_INDEX, require_pad_for_batch, sequence_problem_type, token_classifier_dropout
@@ -35,6 +37,16 @@ ACTIVATIONS = {"silu": nn.silu, "swish": nn.silu, "relu": nn.relu,
 # What a decoder layer keeps for the backward pass: everything ("none": no remat), nothing
 # ("full": recompute the layer), or only matmul outputs ("dots_saveable").
 REMAT_POLICIES = {"none": None, "full": None, "dots_saveable": jax.checkpoint_policies.dots_saveable}
+
+
+def linear(config: LlamaConfig, name: str, features: int, use_bias: bool, dtype: Any, param_dtype: Any) -> nn.Module:
+    """The layer called name (torch: nn.Linear): nn.Dense with the one-row product of
+    llama_flax.matmul, or QuantizedDense when the config quantizes it."""
+    quantization = q.config_quantization(config)
+    if quantization is not None and quantization.quantizes(name, config):
+        return QuantizedDense(features, quantization, use_bias, dtype, param_dtype, name=name)
+    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+                    kernel_init=nn.initializers.normal(config.initializer_range), dot_general=dense_dot_general)
 
 
 class LlamaRMSNorm(nn.Module):

@@ -15,9 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llama_flax.matmul import dense_dot_general
 from llama_shared import quantization as q
-from llama_shared.config import LlamaConfig
 from llama_shared.errors import ConfigError
 from llama_shared.naming import flatten_tree, unflatten_tree
 
@@ -68,15 +66,6 @@ class QuantizedDense(nn.Module):
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype).astype(self.dtype)
         return y
-
-
-def linear(config: LlamaConfig, name: str, features: int, use_bias: bool, dtype: Any, param_dtype: Any) -> nn.Module:
-    """The layer called name: nn.Dense, or QuantizedDense when the config quantizes it."""
-    quantization = q.config_quantization(config)
-    if quantization is not None and quantization.quantizes(name, config):
-        return QuantizedDense(features, quantization, use_bias, dtype, param_dtype, name=name)
-    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
-                    kernel_init=nn.initializers.normal(config.initializer_range), dot_general=dense_dot_general)
 
 
 def quantize(model: Any, quantization: str | q.QuantizationConfig = "int4", group_size: int | None = None,

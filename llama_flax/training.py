@@ -28,8 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 
-from llama_flax import parallel
+from llama_flax import parallel, sharding
 from llama_flax.loading import FlaxPreTrainedModel, resolve_dtype
 from llama_flax.modeling import REMAT_POLICIES, causal_lm_loss
 from llama_shared.heads import IGNORE_INDEX
@@ -175,8 +176,6 @@ def _split_micro_batches(x: jax.Array, accumulation_steps: int) -> jax.Array:
 
 def save_train_state(directory: str | os.PathLike, state: TrainState) -> None:
     """Write the whole train state with Orbax, each host its own shards; refuses an existing directory."""
-    import orbax.checkpoint as ocp
-
     directory = os.path.abspath(directory)
     if os.path.exists(directory):
         raise FileExistsError(f"{directory} already exists; a train state is never written over another")
@@ -188,8 +187,6 @@ def save_train_state(directory: str | os.PathLike, state: TrainState) -> None:
 def restore_train_state(directory: str | os.PathLike, like: TrainState) -> TrainState:
     """Read a train state saved by save_train_state onto the shapes, dtypes and shardings of `like`
     (a state or its jax.eval_shape), each host reading only its shards."""
-    import orbax.checkpoint as ocp
-
     directory = os.path.abspath(directory)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"no train state at {directory}")
@@ -228,7 +225,7 @@ class Trainer:
 
     def state_shardings(self, state: TrainState) -> Any:
         """Each leaf of a train state on the mesh: params and their moments as the rule table says."""
-        return parallel.tree_shardings(state, parallel.param_shardings(state.params, self.mesh), self.mesh)
+        return sharding.tree_shardings(state, sharding.param_shardings(state.params, self.mesh), self.mesh)
 
     def step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         """One optimizer step on a batch (input_ids, optional labels and attention_mask); donates state."""

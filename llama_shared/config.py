@@ -13,7 +13,9 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from llama_shared.checkpoints.hub import resolve_model_dir
 from llama_shared.errors import ConfigError
+from llama_shared.presets import PRESETS
 
 ACTIVATIONS = ("silu", "swish", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 
@@ -263,8 +265,6 @@ class LlamaConfig:
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, **overrides: Any) -> "LlamaConfig":
         """Read config.json from a local folder or a hub repo id, then apply keyword overrides."""
-        from llama_shared.checkpoint import resolve_model_dir
-
         directory = resolve_model_dir(path_or_repo_id, ("config.json",))
         config = cls.from_json_file(os.path.join(directory, "config.json"))
         return config.replace(**overrides) if overrides else config
@@ -283,8 +283,6 @@ class LlamaConfig:
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "LlamaConfig":
         """One of the real Llama shapes by name (see PRESETS), with optional overrides."""
-        from llama_shared.presets import PRESETS
-
         if name not in PRESETS:
             raise ConfigError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
         return cls.from_dict({**PRESETS[name], **overrides})

@@ -15,3 +15,7 @@ class CheckpointError(LlamaTwinError):
 
 class GenerationError(LlamaTwinError):
     """Generation arguments that cannot be honoured (bad sampling values, prompt too long)."""
+
+
+class TokenizerError(LlamaTwinError):
+    """A tokenizer file of the wrong kind, a corrupt file, or a tokenizer setting that cannot work."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
+from tqdm.auto import tqdm
+
 Item = TypeVar("Item")
 QUIET_BELOW = 1 << 30  # a checkpoint under 1 GiB loads too fast for a bar to help
 
@@ -17,8 +19,6 @@ def byte_progress(items: Iterable[tuple[Item, int]], description: str,
     if total < quiet_below:
         yield from (item for item, _ in items)
         return
-    from tqdm.auto import tqdm
-
     with tqdm(total=total, unit="B", unit_scale=True, desc=description) as bar:
         for item, size in items:
             yield item

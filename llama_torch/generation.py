@@ -4,11 +4,11 @@ and transformers' logits processors. The twin of llama_flax/generation.py, funct
 Which processors run, in which order, and every argument check come from llama_shared.generation.
 On CUDA the one-token decode step is compiled with mode="reduce-overhead" (CUDA graphs) over a
 cache allocated once per shape, with coordinate-descent tuning (gpt-fast's setting), under which
-inductor turns one-row matmuls into fused Triton reductions: 157 -> 176-181 tok/s for the
-Llama-2-7B shape on an H100. On the CPU it runs eagerly under inference_mode by default; with
-compile=True inductor freezes the weights and runs its own C++ GEMM kernels on a prepacked copy of
-them (measured 2.0-2.7x eager at batch 1: MKL's matrix-vector product streams weights at half the
-memory bandwidth on the AMD CPUs this was measured on), at the price of a second copy of the weights.
+inductor turns one-row matmuls into fused Triton reductions instead of separate GEMV launches. On
+the CPU it runs eagerly under inference_mode by default; with compile=True inductor freezes the
+weights and runs its own C++ GEMM kernels on a prepacked copy of them, which stream the weights
+faster than MKL's matrix-vector product, at the price of a second copy of the weights
+(docs/performance.md).
 """
 
 from __future__ import annotations

@@ -10,12 +10,11 @@ import os
 import warnings
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 import torch
 from torch import nn
 
-from llama_shared.checkpoint import (DEFAULT_SHARD_SIZE, Checkpoint, requested_dtype, resolve_model_dir, tensor_nbytes,
+from llama_shared.checkpoints import (DEFAULT_SHARD_SIZE, Checkpoint, requested_dtype, resolve_model_dir, tensor_nbytes,
                                      write_checkpoint)
 from llama_shared.config import LlamaConfig
 from llama_shared.errors import CheckpointError
@@ -24,25 +23,10 @@ from llama_shared.naming import check_shape, checkpoint_key_map
 from llama_shared.progress import byte_progress
 from llama_shared.quantization import QuantizationConfig, checkpoint_metadata, config_quantization, open_for_loading
 from llama_torch.generation import TOKEN_IDS_CHECKED, GenerationMixin
+from llama_torch.quantization import replace_linears
+from llama_torch.tensors import to_numpy, to_torch
 
 HEAD_MODULES = ("score", "qa_outputs")
-
-
-def to_torch(array: np.ndarray) -> torch.Tensor:
-    """numpy (including ml_dtypes bfloat16) to a torch tensor, sharing memory where possible."""
-    if not array.flags.writeable:  # a memory-mapped checkpoint view: torch needs its own copy
-        array = np.array(array)
-    if array.dtype == ml_dtypes.bfloat16:
-        return torch.from_numpy(np.ascontiguousarray(array).view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(array)
-
-
-def to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    """A CPU numpy copy of a tensor; bfloat16 becomes ml_dtypes.bfloat16."""
-    tensor = tensor.detach().cpu().contiguous()
-    if tensor.dtype == torch.bfloat16:
-        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-    return tensor.numpy()
 
 
 def resolve_dtype(dtype: torch.dtype | str | None, config: LlamaConfig) -> torch.dtype:
@@ -117,8 +101,6 @@ class PreTrainedModel(GenerationMixin, nn.Module):
         quantization "int8" or "int4" (group_size 32, 64 or 128; default 128) quantizes the linear
         layers tensor by tensor as they load; a quantized checkpoint loads as it was saved.
         """
-        from llama_torch.quantization import replace_linears  # it imports this module
-
         directory = resolve_model_dir(path_or_repo_id)
         if config is None:
             config = LlamaConfig.from_pretrained(directory, **config_overrides)

@@ -1,6 +1,6 @@
 """Llama in PyTorch: the twin of llama_flax/modeling.py, class for class and in the same order.
 
-State-dict keys are Hugging Face's exactly. Numerics follow the contract in DESIGN.md: RMSNorm in
+State-dict keys are Hugging Face's exactly. Numerics follow the contract in docs/numerics.md: RMSNorm in
 float32 and cast back before the weight, RoPE tables in float32 from llama_shared.rope, softmax in
 float32 (scaled_dot_product_attention), GQA without repeating K/V.
 """

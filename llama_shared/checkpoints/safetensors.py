@@ -1,0 +1,301 @@
+"""Safetensors checkpoints: lazy per-tensor reads, streaming writes, sharding with an index.
+
+The format is small enough to read and write directly (an 8-byte header length, a JSON header,
+raw little-endian bytes), which gives what the library calls do not: bfloat16 as a numpy dtype
+(ml_dtypes), a clear error for a truncated file, and writes that stream one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from llama_shared.checkpoints.dtypes import DTYPE_NAMES, DTYPES
+from llama_shared.checkpoints.pagecache import WriteBehind, read_tensor
+from llama_shared.errors import CheckpointError
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+DEFAULT_SHARD_SIZE = 5 * 10**9
+
+
+class SafetensorsFile:
+    """One .safetensors file, read lazily: tensors are memory-mapped views made on request."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        try:
+            size = os.path.getsize(self.path)
+            with open(self.path, "rb") as f:
+                head = f.read(8)
+                if len(head) < 8:
+                    raise CheckpointError(f"{self.path} is truncated: {size} bytes, no safetensors header")
+                (header_len,) = struct.unpack("<Q", head)
+                if header_len > size - 8:
+                    raise CheckpointError(f"{self.path} is truncated or not a safetensors file: header of "
+                                          f"{header_len} bytes in a {size}-byte file")
+                header = json.loads(f.read(header_len))
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint file {self.path} does not exist") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise CheckpointError(f"{self.path} is not a safetensors file (its header is not JSON)") from None
+        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+        self._entries: dict[str, dict[str, Any]] = header
+        self._data_start = 8 + header_len
+        end = max((e["data_offsets"][1] for e in header.values()), default=0)
+        if self._data_start + end > size:
+            raise CheckpointError(f"{self.path} is truncated: its header describes {self._data_start + end} "
+                                  f"bytes but the file has {size}")
+        self._map: np.memmap | None = None
+
+    def keys(self) -> list[str]:
+        return list(self._entries)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._entries
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._entry(key)["shape"])
+
+    def dtype(self, key: str) -> np.dtype:
+        return DTYPES[self._entry(key)["dtype"]]
+
+    def get(self, key: str) -> np.ndarray:
+        """The tensor as a read-only view of the mapped file (no copy until it is used)."""
+        entry = self._entry(key)
+        if self._map is None:
+            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+        begin, end = entry["data_offsets"]
+        raw = self._map[self._data_start + begin:self._data_start + end]
+        return raw.view(DTYPES[entry["dtype"]]).reshape(entry["shape"])
+
+    def read(self, key: str) -> np.ndarray:
+        """The tensor as a private copy read from disk, no mapping kept: a pass over a model larger
+        than RAM holds only the tensor at hand (mapped pages would stay resident until unmapped)."""
+        return self._read(key, keep_cached=True)
+
+    def read_once(self, key: str) -> np.ndarray:
+        """Like read, then drops the tensor's bytes from the page cache: for a single pass over a
+        checkpoint (conversion), which would otherwise leave the whole file cached."""
+        return self._read(key, keep_cached=False)
+
+    def _read(self, key: str, keep_cached: bool) -> np.ndarray:
+        entry = self._entry(key)
+        return read_tensor(self.path, self._data_start + entry["data_offsets"][0], tuple(entry["shape"]),
+                           DTYPES[entry["dtype"]], key, keep_cached)
+
+    def _entry(self, key: str) -> dict[str, Any]:
+        try:
+            return self._entries[key]
+        except KeyError:
+            raise CheckpointError(f"tensor {key!r} is not in {self.path}") from None
+
+
+class Checkpoint:
+    """The weights of a Hugging Face model folder: model.safetensors, or shards with an index."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = os.fspath(directory)
+        index_path = os.path.join(self.directory, INDEX_FILE)
+        single_path = os.path.join(self.directory, SINGLE_FILE)
+        if os.path.exists(index_path):
+            self._key_to_file = _read_index(index_path)
+        elif os.path.exists(single_path):
+            self._key_to_file = None
+        else:
+            raise CheckpointError(f"no {SINGLE_FILE} or {INDEX_FILE} in {self.directory}")
+        self._files: dict[str, SafetensorsFile] = {}
+        if self._key_to_file is None:
+            self._files[SINGLE_FILE] = SafetensorsFile(single_path)
+            self._key_to_file = {k: SINGLE_FILE for k in self._files[SINGLE_FILE].keys()}
+        else:
+            for name in sorted(set(self._key_to_file.values())):
+                path = os.path.join(self.directory, name)
+                if not os.path.exists(path):
+                    raise CheckpointError(f"{index_path} names shard {name!r}, which is missing from "
+                                          f"{self.directory}")
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self._file(next(iter(self._key_to_file.values()))).metadata if self._key_to_file else {}
+
+    def keys(self) -> list[str]:
+        return list(self._key_to_file)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._key_to_file
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._file_for(key).shape(key)
+
+    def dtype(self, key: str) -> np.dtype:
+        return self._file_for(key).dtype(key)
+
+    def get(self, key: str) -> np.ndarray:
+        return self._file_for(key).get(key)
+
+    def read(self, key: str) -> np.ndarray:
+        """A private copy of the tensor read from disk (see SafetensorsFile.read)."""
+        return self._file_for(key).read(key)
+
+    def read_once(self, key: str) -> np.ndarray:
+        """The tensor read, then dropped from the page cache (see SafetensorsFile.read_once)."""
+        return self._file_for(key).read_once(key)
+
+    def _file_for(self, key: str) -> SafetensorsFile:
+        if key not in self._key_to_file:
+            raise CheckpointError(f"tensor {key!r} is not in the checkpoint at {self.directory}")
+        return self._file(self._key_to_file[key])
+
+    def _file(self, name: str) -> SafetensorsFile:
+        if name not in self._files:
+            self._files[name] = SafetensorsFile(os.path.join(self.directory, name))
+            missing = [k for k, f in self._key_to_file.items() if f == name and k not in self._files[name]]
+            if missing:
+                raise CheckpointError(f"{INDEX_FILE} places {missing[0]!r} in {name}, which does not hold it")
+        return self._files[name]
+
+
+def _read_index(index_path: str) -> dict[str, str]:
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise CheckpointError(f"{index_path} is not a safetensors index (expected a 'weight_map' object)") from None
+    folder = os.path.realpath(os.path.dirname(index_path))
+    for key, name in weight_map.items():
+        target = os.path.realpath(os.path.join(folder, name))
+        if os.path.isabs(name) or os.path.dirname(target) != folder:
+            raise CheckpointError(f"{index_path} places tensor {key!r} in {name!r}, outside the checkpoint folder")
+    return dict(weight_map)
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing
+
+
+class SafetensorsWriter:
+    """Writes one .safetensors file tensor by tensor, in the order given to the constructor.
+
+    With write_behind, the bytes go to disk a few pieces behind the writer and leave the page cache
+    (pagecache.WriteBehind): for conversions, which write each file once and do not read it back."""
+
+    def __init__(self, path: str | os.PathLike, specs: Mapping[str, tuple[tuple[int, ...], np.dtype]],
+                 metadata: Mapping[str, str] | None = None, write_behind: bool = False):
+        self.path = os.fspath(path)
+        header: dict[str, Any] = {"__metadata__": {"format": "pt", **(metadata or {})}}
+        offset = 0
+        self._order: list[tuple[str, tuple[int, ...], np.dtype]] = []
+        for name, (shape, dtype) in specs.items():
+            dtype = np.dtype(dtype)
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+            self._order.append((name, tuple(shape), dtype))
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        encoded += b" " * (-len(encoded) % 8)
+        self._file = open(self.path, "wb")
+        self._file.write(struct.pack("<Q", len(encoded)) + encoded)
+        self._next = 0
+        self._behind: WriteBehind | None = None
+        if write_behind:  # from here on every byte goes through the unbuffered file underneath
+            self._file.flush()
+            self._behind = WriteBehind(self._file.raw, self.path)
+            self._offset = self._file.tell()
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        expected_name, shape, dtype = self._order[self._next]
+        if name != expected_name or tuple(array.shape) != shape or np.dtype(array.dtype) != dtype:
+            raise CheckpointError(f"{self.path}: expected tensor {expected_name!r} {shape} {dtype} next, got "
+                                  f"{name!r} {tuple(array.shape)} {array.dtype}")
+        data = memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+        if self._behind is None:
+            self._file.write(data)
+        else:
+            self._behind.write(self._offset, data)
+            self._offset += len(data)
+        self._next += 1
+
+    def close(self) -> None:
+        try:
+            if self._behind is not None:
+                self._behind.finish()
+        finally:
+            self._file.close()
+        if self._next != len(self._order):
+            raise CheckpointError(f"{self.path}: closed after {self._next} of {len(self._order)} tensors")
+
+    def __enter__(self) -> "SafetensorsWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is None:
+            self.close()
+        else:
+            self._file.close()
+
+
+def plan_shards(specs: Mapping[str, tuple[tuple[int, ...], np.dtype]],
+                max_shard_size: int = DEFAULT_SHARD_SIZE) -> list[list[str]]:
+    """Group tensor names, in order, into shards of at most max_shard_size bytes (one tensor may exceed it)."""
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, (shape, dtype) in specs.items():
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        if shards[-1] and size + nbytes > max_shard_size:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    return shards
+
+
+def write_checkpoint(directory: str | os.PathLike, specs: Mapping[str, tuple[tuple[int, ...], np.dtype]],
+                     tensors: Iterable[tuple[str, np.ndarray]], max_shard_size: int = DEFAULT_SHARD_SIZE,
+                     metadata: Mapping[str, str] | None = None, write_behind: bool = False) -> list[str]:
+    """Stream tensors (in the order of specs) into model.safetensors or shards + index; return file names.
+
+    Only one tensor is held at a time. Old weight files of another layout in the folder are removed
+    so that a reader never mixes two saves. write_behind: see SafetensorsWriter.
+    """
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    shards = plan_shards(specs, max_shard_size)
+    names = [SINGLE_FILE] if len(shards) == 1 else [
+        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    _remove_stale_weights(directory, keep=names)
+    iterator: Iterator[tuple[str, np.ndarray]] = iter(tensors)
+    weight_map: dict[str, str] = {}
+    total = 0
+    for file_name, shard in zip(names, shards):
+        shard_specs = {name: specs[name] for name in shard}
+        with SafetensorsWriter(os.path.join(directory, file_name), shard_specs, metadata, write_behind) as writer:
+            for _ in shard:
+                name, array = next(iterator)
+                writer.write(name, array)
+                weight_map[name] = file_name
+                total += array.nbytes
+    if len(names) > 1:
+        with open(os.path.join(directory, INDEX_FILE), "w", encoding="utf-8") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+            f.write("\n")
+    return names
+
+
+def save_tensors(directory: str | os.PathLike, tensors: Mapping[str, np.ndarray],
+                 max_shard_size: int = DEFAULT_SHARD_SIZE, metadata: Mapping[str, str] | None = None) -> list[str]:
+    """Write a dict of numpy arrays as a Hugging Face checkpoint (see write_checkpoint)."""
+    specs = {name: (tuple(a.shape), a.dtype) for name, a in tensors.items()}
+    return write_checkpoint(directory, specs, tensors.items(), max_shard_size, metadata)
+
+
+def _remove_stale_weights(directory: str, keep: list[str]) -> None:
+    for name in os.listdir(directory):
+        stale_shard = name.startswith("model-") and name.endswith(".safetensors")
+        if (stale_shard or name in (SINGLE_FILE, INDEX_FILE)) and name not in keep:
+            os.remove(os.path.join(directory, name))

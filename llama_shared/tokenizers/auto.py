@@ -1,0 +1,113 @@
+"""AutoTokenizer: picks one of the three Llama tokenizer classes from the files of a checkpoint
+folder (or hub repo) and its tokenizer_config.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from llama_shared.checkpoints.hub import resolve_model_dir
+from llama_shared.errors import CheckpointError, TokenizerError
+from llama_shared.tokenizers.base import TokenizerBase
+from llama_shared.tokenizers.fast import LlamaTokenizerFast
+from llama_shared.tokenizers.files import detect_kind
+from llama_shared.tokenizers.llama3 import LLAMA3_SPECIAL_TOKENS, Llama3Tokenizer
+from llama_shared.tokenizers.spm import LlamaTokenizer
+
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "chat_template.jinja", "original/tokenizer.model"]
+_SHARED_KEYS = ("add_bos_token", "add_eos_token", "clean_up_tokenization_spaces", "chat_template",
+                "model_max_length", "padding_side")
+_SPM_KEYS = ("legacy", "add_prefix_space")
+
+
+def _token_content(value: Any) -> str | None:
+    """tokenizer_config writes special tokens as a string or as an AddedToken dict."""
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TokenizerError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise TokenizerError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _resolve_directory(name_or_path: str | Path, revision: str | None) -> Path:
+    try:
+        return Path(resolve_model_dir(name_or_path, required=(), allow_patterns=TOKENIZER_FILES, revision=revision))
+    except CheckpointError as e:
+        raise TokenizerError(f"no tokenizer at {name_or_path}: {e}") from None
+
+
+def _template_flags(tokenizer_json: Path, bos: str | None, eos: str | None) -> dict[str, bool]:
+    """add_bos/add_eos implied by a tokenizer.json's TemplateProcessing (used for the plain
+    PreTrainedTokenizerFast files of Llama 3, whose bos/eos live only there)."""
+    processor = _read_json(tokenizer_json).get("post_processor") or {}
+    steps = processor.get("processors", [processor]) if processor.get("type") == "Sequence" else [processor]
+    for step in steps:
+        if step.get("type") == "TemplateProcessing":
+            single = [item.get("SpecialToken", {}).get("id") for item in step["single"]]
+            return {"add_bos_token": bool(single) and single[0] == bos and bos is not None,
+                    "add_eos_token": bool(single) and single[-1] == eos and eos is not None}
+    return {"add_bos_token": False, "add_eos_token": False}
+
+
+class AutoTokenizer:
+    """Load the right tokenizer class for a checkpoint, as transformers' AutoTokenizer does for Llama."""
+
+    @staticmethod
+    def from_pretrained(name_or_path: str | Path, *, use_fast: bool = True, revision: str | None = None,
+                        **overrides: Any) -> TokenizerBase:
+        """tokenizer.json -> LlamaTokenizerFast; a sentencepiece tokenizer.model -> LlamaTokenizerFast
+        (converted) or LlamaTokenizer (use_fast=False); a tiktoken tokenizer.model (also under
+        original/) -> Llama3Tokenizer. tokenizer_config.json supplies special tokens, add_bos/add_eos,
+        legacy, add_prefix_space and chat_template; keyword overrides win over the file."""
+        directory = _resolve_directory(name_or_path, revision)
+        config = _read_json(directory / "tokenizer_config.json") if (directory / "tokenizer_config.json").is_file() else {}
+        if (directory / "special_tokens_map.json").is_file():
+            config = {**_read_json(directory / "special_tokens_map.json"), **config}
+        if "chat_template" not in config and (directory / "chat_template.jinja").is_file():
+            config["chat_template"] = (directory / "chat_template.jinja").read_text(encoding="utf-8")
+        tokens = {role: _token_content(config[role]) for role in ("bos_token", "eos_token", "unk_token", "pad_token")
+                  if role in config}
+        kwargs = {key: config[key] for key in _SHARED_KEYS if config.get(key) is not None}
+        kwargs.update(tokens)
+
+        tokenizer_json = directory / "tokenizer.json"
+        model_file = next((p for p in (directory / "tokenizer.model", directory / "original" / "tokenizer.model")
+                           if p.is_file()), None)
+        kind = detect_kind(model_file) if model_file is not None else None
+        if kind == "tiktoken" and not tokenizer_json.is_file():
+            kwargs.pop("unk_token", None)
+            kwargs["special_tokens"] = _llama3_names(config)
+            return Llama3Tokenizer(model_file, **{**kwargs, **overrides})
+        spm_kwargs = {key: config[key] for key in _SPM_KEYS if config.get(key) is not None}
+        if tokenizer_json.is_file() and use_fast:
+            if config.get("tokenizer_class", "PreTrainedTokenizerFast") == "PreTrainedTokenizerFast":
+                # A plain fast tokenizer (Llama 3): no default special tokens, right padding, and bos/eos
+                # placement from the file's template (transformers ignores add_bos/add_eos there).
+                kwargs = {"bos_token": None, "eos_token": None, "unk_token": None, "padding_side": "right", **kwargs}
+                kwargs.update(_template_flags(tokenizer_json, kwargs["bos_token"], kwargs["eos_token"]))
+            vocab = model_file if kind == "sentencepiece" else None
+            return LlamaTokenizerFast(vocab_file=vocab, tokenizer_file=tokenizer_json,
+                                      **{**kwargs, **spm_kwargs, **overrides})
+        if kind == "sentencepiece":
+            cls = LlamaTokenizerFast if use_fast else LlamaTokenizer
+            return cls(model_file, **{**kwargs, **spm_kwargs, **overrides})
+        raise TokenizerError(f"{directory} holds no tokenizer.json and no tokenizer.model"
+                             + (" usable without tokenizer.json" if model_file is not None else ""))
+
+
+def _llama3_names(config: dict[str, Any]) -> list[str] | str:
+    """The 256 special-token names from tokenizer_config's added_tokens_decoder, else the 3.1 names."""
+    decoder = config.get("added_tokens_decoder") or {}
+    names = {int(i): _token_content(t) for i, t in decoder.items()}
+    if len(names) == len(LLAMA3_SPECIAL_TOKENS["3.1"]):
+        first = min(names)
+        return [names[first + i] for i in range(len(names))]
+    return "3.1"

@@ -1,0 +1,35 @@
+"""convert(): read a checkpoint in one format and write it in another, tensor by tensor, into a
+temporary folder renamed into place when complete."""
+
+from __future__ import annotations
+
+import os
+
+from llama_shared.checkpoints import DEFAULT_SHARD_SIZE, dtype_from_name
+from llama_twin.conversion.formats.base import WriteOptions
+from llama_twin.conversion.registry import detect_format, get_format, open_source
+from llama_twin.conversion.source import cast_source, prefetched, with_progress
+from llama_twin.conversion.staging import check_destination, staged_output
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, *, from_format: str | None = None,
+            dtype: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE, num_shards: int = 1,
+            overwrite: bool = False, progress: bool = True) -> str:
+    """Convert the checkpoint folder src into dst in format ``to`` ("hf", "flax" or "meta").
+
+    The source format is detected unless from_format names it. dtype ("bfloat16", "float16",
+    "float32") casts floating tensors; shard_size caps each safetensors file (hf); num_shards is
+    the number of model-parallel consolidated.NN.pth files (meta). Returns dst.
+    """
+    target = get_format(to)
+    check_destination(src, dst, overwrite)
+    fmt = from_format or detect_format(src)
+    source = open_source(src, fmt)
+    if dtype is not None:
+        source = cast_source(source, dtype_from_name(dtype))
+    source = prefetched(source)
+    if progress:
+        source = with_progress(source, f"{fmt} -> {to}")
+    with staged_output(dst) as staging:
+        target.write(source, staging, WriteOptions(shard_size=shard_size, num_shards=num_shards))
+    return os.fspath(dst)

@@ -1,0 +1,1 @@
+"""One module per checkpoint format, each exposing FORMAT: how to detect, read and write it."""

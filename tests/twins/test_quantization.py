@@ -1,0 +1,263 @@
+"""Weight-only int8 / int4 quantization (issue 7) in the twins: twin parity, error against float, bytes,
+errors. The format and its numpy reference: tests/core; the torch twin under torch.compile: tests/torch."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from llama_flax import quantization as flax_quant
+from llama_flax.modeling import FlaxLlamaForCausalLM
+from llama_shared import quantization as q
+from llama_shared.checkpoints import Checkpoint, save_tensors
+from llama_shared.config import LlamaConfig
+from llama_shared.errors import CheckpointError, ConfigError
+from llama_shared.naming import flatten_tree, hf_key
+from llama_torch import quantization as torch_quant
+from llama_torch.tensors import to_numpy
+from llama_torch.modeling import LlamaForCausalLM
+from tests.cases import QUANTIZATION_SETTINGS as SETTINGS
+
+# ------------------------------------------------------------------------------------------------
+# A small random Llama whose weights look like a trained model's, for the quantization-error tests.
+#
+# Initialisation-style weights (Gaussian, std 0.02) are the easy case for quantization and give
+# near-uniform next-token distributions, so a KL measured on them says little. Here every linear
+# weight has heavy tails (Student-t, 5 degrees of freedom: excess kurtosis 6) and a few loud input
+# channels (per-column scales drawn log-normally, sigma 0.5), the two features that make real Llama
+# weights hard to quantize. Weights are scaled by 1/sqrt(fan_in) so activations stay O(1), the
+# layers' output projections by a further 1/sqrt(2 * layers) so each layer nudges the residual
+# stream rather than replacing it (as in trained models, and GPT-2's initialisation), and the head so
+# the float model's next-token distributions are peaked (entropy well below log(vocab)). Hidden and
+# intermediate sizes are multiples of 128 so every int4 group size applies, and the embedding is
+# about 2% of the weights, as in Llama-2-7B.
+
+REALISTIC = dict(vocab_size=512, hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+def heavy_tailed(rng: np.random.Generator, out_features: int, in_features: int, gain: float = 1.0) -> np.ndarray:
+    """Student-t(5) entries with log-normal per-input-column scales, std about gain / sqrt(in_features)."""
+    t = rng.standard_t(5, size=(out_features, in_features)) / np.sqrt(5 / 3)
+    columns = rng.lognormal(0.0, 0.5, size=in_features)
+    columns /= np.sqrt(np.mean(columns**2))
+    return (t * columns * gain / np.sqrt(in_features)).astype(np.float32)
+
+
+def save_realistic_model(directory: str, seed: int = 0) -> str:
+    """Write config.json and model.safetensors of the model described above; return the folder."""
+    config = LlamaConfig(**REALISTIC)
+    rng = np.random.default_rng(seed)
+    h, inter, d = config.hidden_size, config.intermediate_size, config.head_dim
+    tensors = {"model.embed_tokens.weight": rng.standard_normal((config.vocab_size, h)).astype(np.float32)}
+    shapes = {"self_attn.q_proj": (config.num_attention_heads * d, h),
+              "self_attn.k_proj": (config.num_key_value_heads * d, h),
+              "self_attn.v_proj": (config.num_key_value_heads * d, h),
+              "self_attn.o_proj": (h, config.num_attention_heads * d),
+              "mlp.gate_proj": (inter, h), "mlp.up_proj": (inter, h), "mlp.down_proj": (h, inter)}
+    residual_gain = 1 / np.sqrt(2 * config.num_hidden_layers)
+    for layer in range(config.num_hidden_layers):
+        prefix = f"model.layers.{layer}."
+        for module, (out_features, in_features) in shapes.items():
+            gain = residual_gain if module in ("self_attn.o_proj", "mlp.down_proj") else 1.0
+            tensors[f"{prefix}{module}.weight"] = heavy_tailed(rng, out_features, in_features, gain)
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            tensors[f"{prefix}{norm}.weight"] = (1 + 0.1 * rng.standard_normal(h)).astype(np.float32)
+    tensors["model.norm.weight"] = np.ones(h, np.float32)
+    tensors["lm_head.weight"] = heavy_tailed(rng, config.vocab_size, h, gain=4.0)
+    config.save_pretrained(directory)
+    save_tensors(directory, tensors)
+    return directory
+
+
+def mean_kl_per_token(reference_logits: np.ndarray, logits: np.ndarray) -> float:
+    """Mean over tokens of KL(reference || other) between the next-token distributions, in nats."""
+    def log_softmax(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float64)
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    log_p, log_q = log_softmax(reference_logits), log_softmax(logits)
+    return float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)))
+
+
+@pytest.fixture(scope="module")
+def realistic(tmp_path_factory):
+    return save_realistic_model(str(tmp_path_factory.mktemp("realistic")))
+
+
+@pytest.fixture(scope="module")
+def token_ids():
+    return np.random.default_rng(0).integers(3, REALISTIC["vocab_size"], (4, 64))
+
+
+@pytest.fixture(scope="module")
+def float_logits(realistic, token_ids):
+    with torch.no_grad():
+        return LlamaForCausalLM.from_pretrained(realistic)(torch.from_numpy(token_ids)).logits.numpy()
+
+
+def torch_logits(model, token_ids):
+    with torch.no_grad():
+        return model(torch.from_numpy(token_ids)).logits.numpy()
+
+
+# ------------------------------------------------------------------------------------------------
+# Both twins
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+def test_twins_hold_the_same_integers_and_agree_on_logits(name, realistic, token_ids):
+    settings = SETTINGS[name]
+    torch_model = LlamaForCausalLM.from_pretrained(realistic, quantization=settings)
+    flax_model = FlaxLlamaForCausalLM.from_pretrained(realistic, quantization=settings)
+    state = torch_model.state_dict()
+    flat = {hf_key(path)[0]: np.asarray(v) for path, v in flatten_tree(flax_model.params).items()}
+    quantized = [k for k in state if k.endswith(".qweight")]
+    assert len(quantized) == 7 * REALISTIC["num_hidden_layers"] + 1
+    for key in quantized + [k.replace("qweight", "scales") for k in quantized]:
+        np.testing.assert_array_equal(to_numpy(state[key]), flat[key], err_msg=key)
+    flax_logits = np.asarray(flax_model(jnp.asarray(token_ids)).logits)
+    np.testing.assert_allclose(torch_logits(torch_model, token_ids), flax_logits, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["int8", "int4-g32", "int4-g64-zp"])
+def test_quantized_layers_compute_x_times_the_reference_dequantized_weight(name):
+    settings = SETTINGS[name]
+    rng = np.random.default_rng(3)
+    weight, x = rng.standard_normal((96, 128)).astype(np.float32), rng.standard_normal((2, 5, 128)).astype(np.float32)
+    tensors = q.quantize(weight, settings)
+    expected = x.astype(np.float64) @ q.dequantize(tensors, settings).astype(np.float64).T
+    layer = torch_quant.QuantizedLinear(128, 96, False, settings)
+    for leaf, array in tensors.items():
+        getattr(layer, leaf).copy_(torch.from_numpy(array))
+    with torch.no_grad():
+        np.testing.assert_allclose(layer(torch.from_numpy(x)).numpy(), expected, atol=2e-5, rtol=0)
+    flax_out = flax_quant.QuantizedDense(96, settings).apply({"params": tensors}, jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(flax_out), expected, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["torch", "flax"])
+def test_quantize_on_a_loaded_model_equals_quantizing_while_loading(backend, realistic, token_ids):
+    cls = LlamaForCausalLM if backend == "torch" else FlaxLlamaForCausalLM
+    module = torch_quant if backend == "torch" else flax_quant
+    loaded = module.quantize(cls.from_pretrained(realistic), "int4", group_size=64)
+    streamed = cls.from_pretrained(realistic, quantization="int4", group_size=64)
+    assert loaded.config == streamed.config
+    if backend == "torch":
+        np.testing.assert_array_equal(torch_logits(loaded, token_ids), torch_logits(streamed, token_ids))
+    else:
+        ids = jnp.asarray(token_ids)
+        np.testing.assert_array_equal(np.asarray(loaded(ids).logits), np.asarray(streamed(ids).logits))
+    with pytest.raises(ConfigError, match="already quantized"):
+        module.quantize(loaded, "int8")
+
+
+def test_quantized_checkpoints_round_trip_bit_exactly_across_twins(realistic, token_ids, tmp_path):
+    torch_model = LlamaForCausalLM.from_pretrained(realistic, quantization="int4", group_size=32)
+    torch_model.save_pretrained(tmp_path / "from_torch")
+    flax_model = FlaxLlamaForCausalLM.from_pretrained(tmp_path / "from_torch")
+    flax_model.save_pretrained(tmp_path / "from_flax")
+    with open(tmp_path / "from_flax" / "config.json") as f:
+        assert json.load(f)["quantization_config"] == SETTINGS["int4-g32"].to_dict()
+    assert Checkpoint(tmp_path / "from_flax").metadata[q.METADATA_KEY]
+    again = LlamaForCausalLM.from_pretrained(tmp_path / "from_flax")
+    for key, tensor in torch_model.state_dict().items():
+        assert torch.equal(tensor, again.state_dict()[key]), key
+    np.testing.assert_allclose(np.asarray(flax_model(jnp.asarray(token_ids)).logits),
+                               torch_logits(again, token_ids), atol=1e-4, rtol=0)
+
+
+def test_cached_greedy_decoding_is_the_same_in_both_twins(realistic, token_ids):
+    torch_model = LlamaForCausalLM.from_pretrained(realistic, quantization="int4")
+    flax_model = FlaxLlamaForCausalLM.from_pretrained(realistic, quantization="int4")
+    prompt = token_ids[:1, :8]
+    torch_ids = torch_model.generate(torch.from_numpy(prompt), max_new_tokens=16, do_sample=False).numpy()
+    flax_ids = np.asarray(flax_model.generate(jnp.asarray(prompt), max_new_tokens=16, do_sample=False))
+    np.testing.assert_array_equal(torch_ids, flax_ids)
+
+
+# ------------------------------------------------------------------------------------------------
+# Error against the float model, and bytes
+
+
+def test_mean_kl_per_token_against_float_is_bounded(realistic, token_ids, float_logits):
+    """Bounds from measurement on this model (save_realistic_model: heavy-tailed weights, loud input channels).
+
+    Measured mean KL(float || quantized) per token over 256 tokens, seeds 0-3 of the model, on
+    2026-11-27: int8 0.0025-0.0032 nats, int4-g32 0.20-0.23, int4-g128 0.44-0.50 (float entropy
+    1.75-1.90 nats). This model is deliberately hard: the relative weight error of int4-g128 is
+    19.5% here against 11% for Gaussian weights, and a random network has none of a trained one's
+    redundancy, so the int4 figures are far above what trained Llamas show. The bounds are about
+    twice the largest int8 and 1.5 times the largest int4-g128 value measured; a broken format
+    (a swapped nibble order, scales applied to the wrong group) scores several nats.
+    """
+    kl = {}
+    for name in ("int8", "int4-g32", "int4-g128"):
+        model = LlamaForCausalLM.from_pretrained(realistic, quantization=SETTINGS[name])
+        kl[name] = mean_kl_per_token(float_logits, torch_logits(model, token_ids))
+    print(f"mean KL per token vs float: {kl}")
+    assert kl["int8"] < 0.006
+    assert kl["int4-g128"] < 0.75
+    assert kl["int8"] < kl["int4-g32"] < kl["int4-g128"]
+
+
+def torch_parameter_bytes(model) -> int:
+    tensors = {t.data_ptr(): t for t in model.state_dict().values()}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def test_parameter_bytes_against_bfloat16(realistic):
+    """Whole-model bytes (embedding and norms stay bfloat16), held against the issue's ceilings."""
+    float_bytes = torch_parameter_bytes(LlamaForCausalLM.from_pretrained(realistic, dtype=torch.bfloat16))
+    ratios = {}
+    for name in ("int8", "int4-g128"):
+        torch_model = LlamaForCausalLM.from_pretrained(realistic, dtype=torch.bfloat16, quantization=SETTINGS[name])
+        flax_model = FlaxLlamaForCausalLM.from_pretrained(realistic, dtype=jnp.bfloat16, quantization=SETTINGS[name])
+        flax_bytes = sum(leaf.nbytes for leaf in flatten_tree(flax_model.params).values())
+        assert flax_bytes == torch_parameter_bytes(torch_model)
+        ratios[name] = flax_bytes / float_bytes
+    print(f"parameter bytes / bfloat16: {ratios}")
+    assert ratios["int8"] <= 0.55
+    assert ratios["int4-g128"] <= 0.30
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input
+
+
+@pytest.mark.parametrize("cls", [LlamaForCausalLM, FlaxLlamaForCausalLM])
+def test_a_group_size_that_does_not_divide_the_input_dimension_is_refused(cls, hf_checkpoint):
+    with pytest.raises(ConfigError, match="group_size 128 does not divide the input dimension 64 of q_proj"):
+        cls.from_pretrained(hf_checkpoint(), quantization="int4", group_size=128)
+
+
+@pytest.fixture(scope="module")
+def int4_checkpoint(realistic, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("int4_g128")
+    LlamaForCausalLM.from_pretrained(realistic, quantization="int4").save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("cls", [LlamaForCausalLM, FlaxLlamaForCausalLM])
+@pytest.mark.parametrize("request_", [dict(quantization="int8"), dict(quantization="int4", group_size=64)])
+def test_a_quantized_checkpoint_loaded_with_other_settings_is_refused(cls, request_, int4_checkpoint):
+    with pytest.raises(CheckpointError, match="holds int4-g128 .* cannot load as int"):
+        cls.from_pretrained(int4_checkpoint, **request_)
+    assert cls.from_pretrained(int4_checkpoint, quantization="int4", group_size=128).config == \
+        cls.from_pretrained(int4_checkpoint).config
+
+
+def test_a_config_that_disagrees_with_the_checkpoint_metadata_is_refused(int4_checkpoint, tmp_path):
+    for name in os.listdir(int4_checkpoint):
+        (tmp_path / name).write_bytes((int4_checkpoint / name).read_bytes())
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["quantization_config"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="config.json.* says float weights but the safetensors metadata says int4"):
+        LlamaForCausalLM.from_pretrained(tmp_path)
