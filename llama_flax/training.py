@@ -33,6 +33,7 @@ import orbax.checkpoint as ocp
 from llama_flax import parallel, sharding
 from llama_flax.loading import FlaxPreTrainedModel, resolve_dtype
 from llama_flax.modeling import REMAT_POLICIES, causal_lm_loss
+from llama_flax.scan import stacked_at
 from llama_shared.heads import IGNORE_INDEX
 
 Batch = Mapping[str, Any]
@@ -86,11 +87,20 @@ def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     """Global-norm gradient clipping, then AdamW on the schedule with decay on matrices only."""
     adamw = optax.adamw(learning_rate_schedule(config), config.b1, config.b2, config.eps,
-                        weight_decay=config.weight_decay,
-                        mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params))
+                        weight_decay=config.weight_decay, mask=decayed)
     if config.max_grad_norm is None:
         return adamw
     return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adamw)
+
+
+def decayed(params: Any) -> Any:
+    """True for the params weight decay applies to: matrices (kernels, embeddings), counted per layer
+    so that a scanned layer's stacked norm weights (layers, hidden) stay undecayed."""
+    def is_matrix(key_path: tuple, param: Any) -> bool:
+        names = tuple(str(getattr(k, "key", k)) for k in key_path)
+        return param.ndim - (stacked_at(names) is not None) >= 2
+
+    return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
 def init_train_state(params: Any, optimizer: optax.GradientTransformation, master_dtype: Any = jnp.float32,
