@@ -217,3 +217,23 @@ def test_a_packed_step_scores_each_document_as_if_alone(model):
     _, metrics = trainer.step(trainer.init_state(), {"input_ids": ids, "segment_ids": segments})
     assert int(metrics["tokens"]) == count == sum(len(d) - 1 for d in documents)
     assert abs(float(metrics["loss"]) - total / count) <= 1e-5
+
+
+def test_cli_train_packed_documents_with_scanned_layers(model_dir, tmp_path, capsys):
+    """--packed reads the file's documents into packed rows, --scan-layers trains the scanned model;
+    the output folder holds the usual per-layer tensors."""
+    pytest.importorskip("grain")
+    from llama_shared.checkpoints import Checkpoint
+    from llama_twin.cli import main
+
+    tokenizer_dir = tmp_path / "tokenizer"
+    tokenizer_dir.mkdir()
+    char_tokenizer(tokenizer_dir)
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n\n".join(["The cat sat on the mat.", "The dog sat on the log.", "A cat; a dog."] * 20))
+    assert main(["train", model_dir, str(text), "--tokenizer", str(tokenizer_dir), "--steps", "6", "--batch-size",
+                 "2", "--seq-len", "32", "--learning-rate", "3e-3", "--packed", "--scan-layers",
+                 "--output", str(tmp_path / "out")]) == 0
+    first, last = (float(x) for x in capsys.readouterr().out.split("\nloss ")[-1].split(";")[0].split(" -> "))
+    assert last < first
+    assert sorted(Checkpoint(str(tmp_path / "out")).keys()) == sorted(Checkpoint(model_dir).keys())
