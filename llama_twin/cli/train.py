@@ -2,8 +2,9 @@
 
 The text is tokenized once with the model folder's tokenizer (or --tokenizer) and read as random
 windows of --seq-len tokens; with --packed its documents (separated by blank lines, or the lines of
-a .jsonl file) are packed several to a row instead, each with EOS, never attending to each other. On several devices the run is sharded over a (data, fsdp, tensor) mesh;
-on several hosts, start every host with the same command and --distributed.
+a .jsonl file) are packed several to a row instead, each with EOS, never attending to each other.
+On several devices the run is sharded over a (data, fsdp, tensor) mesh; on several hosts, start
+every host with the same command and --distributed.
 """
 
 from __future__ import annotations

@@ -87,7 +87,8 @@ class LlamaTwinLM(TemplateLM):
     def tok_decode(self, tokens: list[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)
 
-    def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
+    def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False,
+                              **kwargs: Any) -> list[tuple[float, bool]]:
         """(sum of log p of the continuation's tokens, whether each was the argmax) per request, the
         input cut to max_length tokens from the left; longest requests batched first."""
         rows = []

@@ -80,7 +80,8 @@ TASKS = {
                           metric_list=[{"metric": "exact_match"}]),
 }
 DOCS = [{"question": "Two and two make", "choices": [" four", " five"], "answer": 0, "text": LONG_TEXT[:120]},
-        {"question": "The sky is", "choices": [" green", " blue"], "answer": 1, "text": "And God said, let there be light."}]
+        {"question": "The sky is", "choices": [" green", " blue"], "answer": 1,
+         "text": "And God said, let there be light."}]
 
 
 def write_tasks(folder):

@@ -3,7 +3,6 @@ and on the command line; windows and strides that cannot work are refused."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import transformers
@@ -61,7 +60,8 @@ def test_perplexity_equals_the_transformers_recipe_in_both_twins(three_models, e
 def test_text_perplexity_encodes_with_the_tokenizer(three_models, eval_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(eval_model_dir)
     _, torch_twin, _ = three_models
-    assert text_perplexity(torch_twin, tokenizer, TEXT, 32, 16) == perplexity(torch_twin, tokenizer.encode(TEXT), 32, 16)
+    expected = perplexity(torch_twin, tokenizer.encode(TEXT), 32, 16)
+    assert text_perplexity(torch_twin, tokenizer, TEXT, 32, 16) == expected
 
 
 def test_bad_windows_and_strides_are_refused(three_models):

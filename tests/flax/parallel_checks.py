@@ -126,7 +126,8 @@ def check_meshes(checkpoint: str) -> int:
     placed = all(p.sharding.is_equivalent_to(s, p.ndim) for p, s in
                  zip(jax.tree.leaves(model.params), jax.tree.leaves(expected)))
     q_kernel = model.params["model"]["layers"]["scan"]["self_attn"]["q_proj"]["kernel"]
-    report(results, "scanned load (2, 2, 2)", placed and q_kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor"),
+    q_spec = jax.sharding.PartitionSpec(None, "fsdp", "tensor")   # the layer axis whole, then (fsdp, tensor)
+    report(results, "scanned load (2, 2, 2)", placed and q_kernel.sharding.spec == q_spec,
            q_proj_spec=str(q_kernel.sharding.spec))
     diff = float(np.max(np.abs(np.asarray(parallel.jit_forward(model, mesh)(model.params, ids, mask)) - logits)))
     report(results, "scanned logits (2, 2, 2)", diff <= TOLERANCE, max_abs_diff=diff)

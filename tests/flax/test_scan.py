@@ -5,7 +5,6 @@ tests/flax/parallel_checks.py."""
 
 from __future__ import annotations
 
-import os
 
 import jax
 import numpy as np
@@ -22,10 +21,10 @@ TOLERANCE = 1e-5
 
 @pytest.fixture(scope="module")
 def pair(hf_checkpoint):
-    """(unrolled, scanned) Flax models of the same tiny 2-layer checkpoint."""
+    """(unrolled, scanned, folder): Flax models of the same tiny 3-layer checkpoint."""
     folder = hf_checkpoint(num_hidden_layers=3)
-    return (FlaxLlamaForCausalLM.from_pretrained(folder), FlaxLlamaForCausalLM.from_pretrained(folder, scan_layers=True),
-            folder)
+    scanned = FlaxLlamaForCausalLM.from_pretrained(folder, scan_layers=True)
+    return FlaxLlamaForCausalLM.from_pretrained(folder), scanned, folder
 
 
 def ids_and_mask():
