@@ -5,7 +5,6 @@ tests/flax/parallel_checks.py."""
 
 from __future__ import annotations
 
-
 import jax
 import numpy as np
 import pytest
