@@ -28,8 +28,13 @@ def cudnn_supports(q: Array) -> bool:
 
 
 def packed_attention(q: Array, k: Array, v: Array, segment_ids: Array) -> Array | None:
-    """Causal attention within documents by the backend's fused kernel, or None where none applies."""
-    if jax.default_backend() == "tpu" and splash_supports(q.shape[1]):
+    """Causal attention within documents by the backend's fused kernel, or None where none applies.
+
+    Splash runs off-mesh only: a Pallas call is not partitioned by jit's sharding propagation (it
+    would need shard_map over the batch and heads), so on a mesh the XLA path keeps the sharding.
+    """
+    off_mesh = jax.sharding.get_abstract_mesh().empty
+    if jax.default_backend() == "tpu" and off_mesh and splash_supports(q.shape[1]):
         return splash_attention(q, k, v, segment_ids)
     if cudnn_supports(q):
         return jax.nn.dot_product_attention(q, k, v, mask=same_document(segment_ids), is_causal=True,
