@@ -1,6 +1,8 @@
 """The static KV cache: per layer (batch, max_length, kv_heads, head_dim), zero-filled, allocated once.
 
-A pytree, so it passes through jax.jit (and can be donated); updates return a new cache.
+A pytree, so it passes through jax.jit (and can be donated); updates return a new cache. A model
+with scanned layers keeps one stacked (layers, batch, max_length, kv_heads, head_dim) array for the
+keys and one for the values, carried through nn.scan.
 """
 
 from __future__ import annotations
@@ -16,16 +18,24 @@ from llama_shared.config import LlamaConfig
 
 @flax.struct.dataclass
 class KVCache:
-    """Keys and values of every layer; a layer's pair is written at the given cache slots."""
+    """Keys and values of every layer (a tuple of per-layer arrays, or one stacked array each)."""
 
-    keys: tuple[jax.Array, ...]
-    values: tuple[jax.Array, ...]
+    keys: tuple[jax.Array, ...] | jax.Array
+    values: tuple[jax.Array, ...] | jax.Array
 
     @classmethod
-    def create(cls, config: LlamaConfig, batch_size: int, max_length: int, dtype: Any = jnp.float32) -> "KVCache":
+    def create(cls, config: LlamaConfig, batch_size: int, max_length: int, dtype: Any = jnp.float32,
+               stacked: bool = False) -> "KVCache":
         shape = (batch_size, max_length, config.num_key_value_heads, config.head_dim)
+        if stacked:
+            shape = (config.num_hidden_layers, *shape)
+            return cls(keys=jnp.zeros(shape, dtype), values=jnp.zeros(shape, dtype))
         zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_hidden_layers))
         return cls(keys=zeros, values=tuple(jnp.zeros(shape, dtype) for _ in range(config.num_hidden_layers)))
+
+    @property
+    def stacked(self) -> bool:
+        return not isinstance(self.keys, tuple)
 
     @property
     def max_length(self) -> int:
@@ -35,19 +45,41 @@ class KVCache:
     def batch_size(self) -> int:
         return self.keys[0].shape[0]
 
-    def layer(self, index: int) -> tuple[jax.Array, jax.Array]:
-        return self.keys[index], self.values[index]
+    def layer(self, index: int | jax.Array) -> "LayerCache":
+        """Layer index's view: its own arrays, or (stacked) the whole stack and the index."""
+        if self.stacked:
+            return LayerCache(self.keys, self.values, jnp.asarray(index, jnp.int32))
+        return LayerCache(self.keys[index], self.values[index])
 
-    def replace_layer(self, index: int, pair: tuple[jax.Array, jax.Array]) -> "KVCache":
+    def replace_layer(self, index: int | jax.Array, layer: "LayerCache") -> "KVCache":
+        if self.stacked:
+            return self.replace(keys=layer.keys, values=layer.values)
         keys, values = list(self.keys), list(self.values)
-        keys[index], values[index] = pair
+        keys[index], values[index] = layer.keys, layer.values
         return self.replace(keys=tuple(keys), values=tuple(values))
 
-    @staticmethod
-    def update_layer(pair: tuple[jax.Array, jax.Array], k: jax.Array, v: jax.Array,
-                     cache_position: jax.Array) -> tuple[jax.Array, jax.Array]:
+
+@flax.struct.dataclass
+class LayerCache:
+    """One layer's keys and values; with index set, keys and values are the stacked arrays of every
+    layer and index picks this one, so an update writes only the new slots into the stack (in place
+    inside nn.scan's loop) instead of copying the layer out and back."""
+
+    keys: jax.Array
+    values: jax.Array
+    index: jax.Array | None = None
+
+    def update(self, k: jax.Array, v: jax.Array, cache_position: jax.Array) -> "LayerCache":
         """Store k/v (batch, seq, kv_heads, head_dim) at the contiguous slots cache_position."""
-        keys, values = pair
         start = (0, cache_position[0], 0, 0)
-        return (jax.lax.dynamic_update_slice(keys, k.astype(keys.dtype), start),
-                jax.lax.dynamic_update_slice(values, v.astype(values.dtype), start))
+        if self.index is not None:
+            start = (self.index, *start)
+            k, v = k[None], v[None]
+        return self.replace(keys=jax.lax.dynamic_update_slice(self.keys, k.astype(self.keys.dtype), start),
+                            values=jax.lax.dynamic_update_slice(self.values, v.astype(self.values.dtype), start))
+
+    def arrays(self) -> tuple[jax.Array, jax.Array]:
+        """This layer's (keys, values), (batch, max_length, kv_heads, head_dim) each."""
+        if self.index is None:
+            return self.keys, self.values
+        return self.keys[self.index], self.values[self.index]

@@ -176,7 +176,7 @@ def start(module: Any, params: Any, input_ids: Array, attention_mask: Array, pro
     """
     batch, prompt = input_ids.shape
     length = settings.cache_length
-    cache = KVCache.create(module.config, batch, length, module.dtype)
+    cache = KVCache.create(module.config, batch, length, module.dtype, stacked=module.scan_layers)
     full_mask = jnp.ones((batch, length), jnp.int32).at[:, :prompt].set(attention_mask)
     position_ids = positions_from_attention_mask(attention_mask, jnp)
     logits, cache = prefill(module, params, input_ids, full_mask, position_ids, cache)

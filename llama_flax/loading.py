@@ -21,7 +21,9 @@ from flax import serialization
 
 from llama_flax.generation import GenerationMixin
 from llama_flax.quantization import quantize
+from llama_flax.scan import stack_flat, unrolled_leaves
 from llama_shared import layout
+from llama_shared import quantization as q
 from llama_shared.checkpoints import (DEFAULT_SHARD_SIZE, INDEX_FILE, SINGLE_FILE, Checkpoint, requested_dtype,
                                      resolve_model_dir, tensor_nbytes, write_checkpoint)
 from llama_shared.config import LlamaConfig
@@ -57,11 +59,13 @@ class FlaxPreTrainedModel(GenerationMixin):
     base_prefix = ""
 
     def __init__(self, config: LlamaConfig, params: Any = None, dtype: Any = jnp.float32,
-                 param_dtype: Any = None, seed: int = 0):
+                 param_dtype: Any = None, seed: int = 0, scan_layers: bool = False):
+        """params default to a random draw; scan_layers runs the decoder layers as one nn.scan over
+        params stacked along a leading layer axis (llama_flax.scan converts trees between the layouts)."""
         self.config = config
         self.dtype = dtype
         self.param_dtype = param_dtype or dtype
-        self.module = self.module_class(config, dtype, self.param_dtype)
+        self.module = self.module_class(config, dtype, self.param_dtype, scan_layers=scan_layers)
         self.params = params if params is not None else self.init_params(jax.random.PRNGKey(seed))
 
     def init_params(self, rng: jax.Array) -> Any:
@@ -73,10 +77,16 @@ class FlaxPreTrainedModel(GenerationMixin):
         return unflatten_tree({path: self._random_param(path, spec, key)
                                for (path, spec), key in zip(shapes.items(), keys)})
 
-    def param_shapes(self) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
-        """Flat {path: shape/dtype} of the params, without allocating them."""
+    @property
+    def scan_layers(self) -> bool:
+        return self.module.scan_layers
+
+    def param_shapes(self, unrolled: bool = False) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
+        """Flat {path: shape/dtype} of the params, without allocating them; unrolled=True gives the
+        per-layer layout of checkpoints even for a model with scanned layers."""
         ids = jnp.zeros((1, 1), jnp.int32)
-        shapes = jax.eval_shape(lambda key: self.module.init(key, ids)["params"], jax.random.PRNGKey(0))
+        module = self.module.clone(scan_layers=False) if unrolled else self.module
+        shapes = jax.eval_shape(lambda key: module.init(key, ids)["params"], jax.random.PRNGKey(0))
         return flatten_tree(shapes)
 
     def __call__(self, input_ids: Any = None, attention_mask: Any = None, position_ids: Any = None,
@@ -113,13 +123,17 @@ class FlaxPreTrainedModel(GenerationMixin):
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, dtype: Any = None, param_dtype: Any = None,
                         config: LlamaConfig | None = None, quantization: str | QuantizationConfig | None = None,
-                        group_size: int | None = None, **config_overrides: Any) -> "FlaxPreTrainedModel":
+                        group_size: int | None = None, scan_layers: bool = False,
+                        **config_overrides: Any) -> "FlaxPreTrainedModel":
         """Load a Hugging Face folder (config.json + safetensors, or flax_model.msgpack) or hub repo id.
 
         dtype is the compute dtype and, unless param_dtype says otherwise, the params' dtype.
         quantization "int8" or "int4" (group_size 32, 64 or 128; default 128) quantizes the linear
         layers tensor by tensor as they load; a quantized checkpoint loads as it was saved.
+        scan_layers=True stacks the layers' params as they load, for one nn.scan over the layers.
         """
+        if scan_layers and quantization is not None:
+            raise ValueError("scan_layers=True and quantization cannot be combined: quantized models run unrolled")
         directory = resolve_model_dir(path_or_repo_id)
         if config is None:
             config = LlamaConfig.from_pretrained(directory, **config_overrides)
@@ -129,7 +143,10 @@ class FlaxPreTrainedModel(GenerationMixin):
         if not from_msgpack:
             config, checkpoint = open_for_loading(Checkpoint(directory), config, quantization, group_size,
                                                   np.dtype(param_dtype or dtype))
-        model = cls.without_params(config, dtype, param_dtype)
+        model = cls.without_params(config, dtype, param_dtype, scan_layers)
+        if scan_layers and q.config_quantization(config) is not None:
+            raise ValueError(f"{directory} holds a quantized checkpoint: quantized models run unrolled, "
+                             f"not with scan_layers=True")
         if from_msgpack:
             model.params = model._params_from_msgpack(os.path.join(directory, MSGPACK_FILE))
             if quantization is not None:
@@ -140,21 +157,23 @@ class FlaxPreTrainedModel(GenerationMixin):
         return model
 
     @classmethod
-    def without_params(cls, config: LlamaConfig, dtype: Any, param_dtype: Any = None) -> "FlaxPreTrainedModel":
+    def without_params(cls, config: LlamaConfig, dtype: Any, param_dtype: Any = None,
+                       scan_layers: bool = False) -> "FlaxPreTrainedModel":
         """The model object with its module and config, params still to be set (loaders fill them)."""
         model = cls.__new__(cls)
         model.config, model.dtype, model.param_dtype = config, dtype, param_dtype or dtype
-        model.module = cls.module_class(config, dtype, model.param_dtype)
+        model.module = cls.module_class(config, dtype, model.param_dtype, scan_layers=scan_layers)
         return model
 
     def params_from_checkpoint(self, checkpoint: Checkpoint, place: Callable[..., jax.Array] | None = None) -> Any:
         """The param tree from a checkpoint, names and shapes checked, missing task heads initialised.
 
-        place(path, spec, checkpoint, key, transposed) puts one stored tensor where it belongs; by default
-        it is read whole onto the default device (llama_flax.parallel places blocks on a mesh).
+        place(path, spec, checkpoint, key, transposed) puts one stored tensor where it belongs (path in
+        the unrolled layout); by default it is read whole onto the default device (llama_flax.parallel
+        places blocks on a mesh). A model with scanned layers gets the layers' params stacked.
         """
         place = place or _read_whole
-        shapes = self.param_shapes()
+        shapes = self.param_shapes(unrolled=True)
         keys = {path: hf_key(path) for path in shapes}
         key_map = checkpoint_key_map([k for k, _ in keys.values()], checkpoint.keys(), self.base_prefix)
         flat, fresh = {}, []
@@ -175,7 +194,11 @@ class FlaxPreTrainedModel(GenerationMixin):
         if fresh:
             warnings.warn(f"{', '.join(fresh)} not in the checkpoint: newly initialised, train before use",
                           stacklevel=3)
-        return unflatten_tree(flat)
+        return self._in_layout(flat)
+
+    def _in_layout(self, flat: dict[tuple[str, ...], Any]) -> Any:
+        """A param tree from a flat unrolled {path: array}, stacked if the model scans its layers."""
+        return unflatten_tree(stack_flat(flat) if self.scan_layers else flat)
 
     def _random_param(self, path: tuple[str, ...], spec: jax.ShapeDtypeStruct, key: jax.Array) -> jax.Array:
         """One parameter as the module's initialisers draw it: kernels and embeddings normal, RMSNorm
@@ -190,28 +213,30 @@ class FlaxPreTrainedModel(GenerationMixin):
         flat = flatten_tree(state)
         prefix_free = {p[1:] if p[0] in ("model", "transformer") else p: v for p, v in flat.items()}
         out = {}
-        for target, spec in self.param_shapes().items():
+        for target, spec in self.param_shapes(unrolled=True).items():
             bare = target[1:] if target[0] in ("model", "transformer") else target
             source = flat.get(target, prefix_free.get(bare))
             if source is None:
                 raise CheckpointError(f"parameter {'/'.join(target)} is missing from {path}")
             check_shape("/".join(target), source.shape, spec.shape, path)
             out[target] = jnp.asarray(source, dtype=self.param_dtype)
-        return unflatten_tree(out)
+        return self._in_layout(out)
 
     def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int = DEFAULT_SHARD_SIZE) -> None:
-        """Write config.json and safetensors that transformers (and the torch twin) load unchanged."""
+        """Write config.json and safetensors that transformers (and the torch twin) load unchanged
+        (scanned layers are written per layer, one layer's slice at a time)."""
         os.makedirs(directory, exist_ok=True)
-        flat = flatten_tree(self.params)
+        flat = unrolled_leaves(self.params)
         dtype = next(np.dtype(leaf.dtype) for leaf in jax.tree_util.tree_leaves(self.params)
                      if jnp.issubdtype(leaf.dtype, jnp.floating))
         dtype_name = "bfloat16" if dtype == ml_dtypes.bfloat16 else dtype.name
         torch_name = type(self).__name__.removeprefix("Flax")
         self.config.replace(torch_dtype=dtype_name, architectures=[torch_name]).save_pretrained(directory)
         entries = sorted((hf_key(path) + (path,) for path in flat), key=lambda e: hf_key_order(e[0]))
-        specs = {name: ((tuple(reversed(flat[path].shape)) if transposed else tuple(flat[path].shape)),
-                        np.dtype(flat[path].dtype)) for name, transposed, path in entries}
-        tensors = ((name, _host(flat[path], transposed)) for name, transposed, path in entries)
+        shapes = {path: leaf.shape[1:] if index is not None else leaf.shape for path, (leaf, index) in flat.items()}
+        specs = {name: ((tuple(reversed(shapes[path])) if transposed else tuple(shapes[path])),
+                        np.dtype(flat[path][0].dtype)) for name, transposed, path in entries}
+        tensors = ((name, _host(_layer(*flat[path]), transposed)) for name, transposed, path in entries)
         write_checkpoint(directory, specs, tensors, max_shard_size, checkpoint_metadata(self.config))
         if self.can_generate():
             self.generation_defaults().save_pretrained(directory)
@@ -229,6 +254,10 @@ def host_param(array: np.ndarray, dtype: Any, transposed: bool) -> np.ndarray:
 def _read_whole(path: tuple[str, ...], spec: jax.ShapeDtypeStruct, checkpoint: Checkpoint, key: str,
                 transposed: bool) -> jax.Array:
     return jax.device_put(host_param(checkpoint.read(key), spec.dtype, transposed))
+
+
+def _layer(array: jax.Array, index: int | None) -> jax.Array:
+    return array if index is None else array[index]
 
 
 def _host(array: jax.Array, transposed: bool) -> np.ndarray:

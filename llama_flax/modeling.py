@@ -4,11 +4,17 @@ Parameter paths are transformers' Flax paths (model/layers/0/self_attn/q_proj/ke
 [in, out]). Numerics follow the contract in docs/numerics.md: RMSNorm in float32 and cast back before the
 weight, RoPE tables in float32 from llama_shared.rope, softmax in float32
 (jax.nn.dot_product_attention), GQA without repeating K/V. The cache is functional: layers take
-their (keys, values) and return the updated pair.
+their LayerCache and return the updated one.
+
+With scan_layers=True the decoder layers run as one nn.scan over a stack of their params (a
+leading layer axis: model/layers/self_attn/q_proj/kernel is (layers, in, out)), so compile time and
+program size stay flat as the model gets deeper; llama_flax.scan converts between the two trees,
+and checkpoints on disk keep the per-layer layout.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
@@ -16,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from llama_flax.cache import KVCache
+from llama_flax import kernels
+from llama_flax.cache import KVCache, LayerCache
 from llama_flax.loading import FlaxPreTrainedModel
 from llama_flax.matmul import dense_dot_general
 from llama_flax.quantization import QuantizedDense
@@ -24,8 +31,10 @@ from llama_flax.sharding import constrain
 from llama_shared import quantization as q
 from llama_shared import rope
 from llama_shared.config import LlamaConfig
-from llama_shared.heads import IGNORE_INDEX, require_pad_for_batch, sequence_problem_type, token_classifier_dropout
-from llama_shared.masks import model_attention_allowed, query_has_keys
+from llama_shared.heads import (IGNORE_INDEX, packed_labels, require_pad_for_batch, sequence_problem_type,
+                                token_classifier_dropout)
+from llama_shared.masks import (check_segment_ids, is_packed_causal, model_attention_allowed,
+                                positions_from_segment_ids, query_has_keys)
 from llama_shared.outputs import (BaseModelOutput, CausalLMOutput, QuestionAnsweringOutput,
                                   SequenceClassifierOutput, TokenClassifierOutput)
 
@@ -88,17 +97,21 @@ class LlamaRotaryEmbedding(nn.Module):
         return cos.astype(dtype), sin.astype(dtype)
 
 
-def dot_product_attention(q: Array, k: Array, v: Array, allowed: Array | None) -> Array:
+def dot_product_attention(q: Array, k: Array, v: Array, allowed: Array | None,
+                          segment_ids: Array | None = None) -> Array:
     """Softmax attention on (batch, seq, heads, head_dim) arrays; K/V keep their kv heads.
 
     allowed None means plainly causal (no padding, no cache): on a GPU with half-precision inputs
-    that runs cuDNN's fused kernel, elsewhere XLA's. A query with no allowed key (left padding)
-    outputs zeros.
+    that runs cuDNN's fused kernel, elsewhere XLA's. segment_ids, given when allowed is exactly
+    causal within documents (a packed row), lets a segment-aware kernel run instead of the grid:
+    Splash attention on a TPU, cuDNN with the document mask on a GPU (llama_flax.kernels). A query
+    with no allowed key (left padding) outputs zeros.
     """
-    implementation = "xla"
-    if allowed is None and q.dtype in (jnp.bfloat16, jnp.float16) and jax.default_backend() == "gpu" \
-            and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128:
-        implementation = "cudnn"
+    if segment_ids is not None:
+        out = kernels.packed_attention(q, k, v, segment_ids)
+        if out is not None:
+            return out
+    implementation = "cudnn" if allowed is None and kernels.cudnn_supports(q) else "xla"
     out = jax.nn.dot_product_attention(q, k, v, mask=allowed, is_causal=allowed is None,
                                        implementation=implementation)
     return out if allowed is None else jnp.where(query_has_keys(allowed), out, 0.0)
@@ -120,9 +133,9 @@ class LlamaAttention(nn.Module):
         self.v_proj = dense("v_proj", c.num_key_value_heads * c.head_dim)
         self.o_proj = dense("o_proj", c.hidden_size)
 
-    def __call__(self, x: Array, cos: Array, sin: Array, allowed: Array | None,
-                 cache: tuple[Array, Array] | None = None,
-                 cache_position: Array | None = None) -> tuple[Array, tuple[Array, Array] | None]:
+    def __call__(self, x: Array, cos: Array, sin: Array, allowed: Array | None, cache: LayerCache | None = None,
+                 cache_position: Array | None = None,
+                 segment_ids: Array | None = None) -> tuple[Array, LayerCache | None]:
         c = self.config
         batch, seq, _ = x.shape
         q = self.q_proj(x).reshape(batch, seq, c.num_attention_heads, c.head_dim)
@@ -131,9 +144,9 @@ class LlamaAttention(nn.Module):
         q = constrain(apply_rotary(q, cos, sin), "batch", "length", "heads", "head_dim")
         k = constrain(apply_rotary(k, cos, sin), "batch", "length", "kv_heads", "head_dim")
         if cache is not None:
-            cache = KVCache.update_layer(cache, k, v, cache_position)
-            k, v = cache
-        out = dot_product_attention(q, k, v, allowed)
+            cache = cache.update(k, v, cache_position)
+            k, v = cache.arrays()
+        out = dot_product_attention(q, k, v, allowed, segment_ids)
         return self.o_proj(out.reshape(batch, seq, c.num_attention_heads * c.head_dim)), cache
 
 
@@ -161,32 +174,60 @@ class LlamaDecoderLayer(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: Array, cos: Array, sin: Array, allowed: Array | None,
-                 cache: tuple[Array, Array] | None = None,
-                 cache_position: Array | None = None) -> tuple[Array, tuple[Array, Array] | None]:
+    def setup(self) -> None:
         c = self.config
-        norm = lambda name: LlamaRMSNorm(c.rms_norm_eps, self.param_dtype, name=name)  # noqa: E731
-        attn_out, cache = LlamaAttention(c, self.dtype, self.param_dtype, name="self_attn")(
-            norm("input_layernorm")(x), cos, sin, allowed, cache, cache_position)
+        self.self_attn = LlamaAttention(c, self.dtype, self.param_dtype)
+        self.mlp = LlamaMLP(c, self.dtype, self.param_dtype)
+        self.input_layernorm = LlamaRMSNorm(c.rms_norm_eps, self.param_dtype)
+        self.post_attention_layernorm = LlamaRMSNorm(c.rms_norm_eps, self.param_dtype)
+
+    def __call__(self, x: Array, cos: Array, sin: Array, allowed: Array | None, cache: LayerCache | None = None,
+                 cache_position: Array | None = None,
+                 segment_ids: Array | None = None) -> tuple[Array, LayerCache | None]:
+        attn_out, cache = self.self_attn(self.input_layernorm(x), cos, sin, allowed, cache, cache_position,
+                                         segment_ids)
         h = x + attn_out
-        return h + LlamaMLP(c, self.dtype, self.param_dtype, name="mlp")(norm("post_attention_layernorm")(h)), cache
+        return h + self.mlp(self.post_attention_layernorm(h)), cache
+
+
+class LlamaScannedLayer(LlamaDecoderLayer):
+    """A decoder layer as the body of nn.scan over the stacked layers: the carry is the hidden state
+    and the whole KV cache (each step writes its own layer's new slots), the scanned input the
+    layer's index, the output the layer's hidden state when hidden states are wanted."""
+
+    keep_hidden_states: bool = False
+
+    def __call__(self, carry: tuple[Array, KVCache | None], index: Array, cos: Array, sin: Array,
+                 allowed: Array | None, cache_position: Array | None,
+                 segment_ids: Array | None) -> tuple[tuple[Array, KVCache | None], Array | None]:
+        x, cache = carry
+        layer_cache = cache.layer(index) if cache is not None else None
+        x, layer_cache = super().__call__(x, cos, sin, allowed, layer_cache, cache_position, segment_ids)
+        x = constrain(x, "batch", "length", "hidden")
+        if cache is not None:
+            cache = cache.replace_layer(index, layer_cache)
+        return (x, cache), (x if self.keep_hidden_states else None)
 
 
 class LlamaLayers(nn.Module):
-    """The decoder layers, named "0", "1", ... under "layers" as in transformers' Flax tree, each
-    rematerialised in the backward pass as remat_policy says (a key of REMAT_POLICIES)."""
+    """The decoder layers, each rematerialised in the backward pass as remat_policy says (a key of
+    REMAT_POLICIES): unrolled, named "0", "1", ... under "layers" as in transformers' Flax tree, or
+    with scan_layers one nn.scan over params stacked along a leading layer axis."""
 
     config: LlamaConfig
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     remat_policy: str = "none"
+    scan_layers: bool = False
 
     @nn.compact
     def __call__(self, x: Array, cos: Array, sin: Array, allowed: Array | None, cache: KVCache | None,
-                 cache_position: Array | None, output_hidden_states: bool) -> tuple[Array, KVCache | None, list]:
+                 cache_position: Array | None, output_hidden_states: bool,
+                 segment_ids: Array | None = None) -> tuple[Array, KVCache | None, list]:
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy {self.remat_policy!r}: expected one of {sorted(REMAT_POLICIES)}")
+        if self.scan_layers:
+            return self._scanned(x, cos, sin, allowed, cache, cache_position, output_hidden_states, segment_ids)
         layer_class = LlamaDecoderLayer
         if self.remat_policy != "none":
             layer_class = nn.remat(LlamaDecoderLayer, policy=REMAT_POLICIES[self.remat_policy])
@@ -194,13 +235,30 @@ class LlamaLayers(nn.Module):
         for i in range(self.config.num_hidden_layers):
             layer_cache = cache.layer(i) if cache is not None else None
             x, layer_cache = layer_class(self.config, self.dtype, self.param_dtype, name=str(i))(
-                x, cos, sin, allowed, layer_cache, cache_position)
+                x, cos, sin, allowed, layer_cache, cache_position, segment_ids)
             x = constrain(x, "batch", "length", "hidden")
             if cache is not None:
                 cache = cache.replace_layer(i, layer_cache)
             if output_hidden_states:
                 hidden_states.append(x)
         return x, cache, hidden_states
+
+    def _scanned(self, x: Array, cos: Array, sin: Array, allowed: Array | None, cache: KVCache | None,
+                 cache_position: Array | None, output_hidden_states: bool,
+                 segment_ids: Array | None) -> tuple[Array, KVCache | None, list]:
+        if cache is not None and not cache.stacked:
+            raise ValueError("a model with scan_layers=True takes a stacked KVCache "
+                             "(KVCache.create(..., stacked=True))")
+        body = LlamaScannedLayer
+        if self.remat_policy != "none":
+            body = nn.remat(body, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=False)
+        layers = self.config.num_hidden_layers
+        scan = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True}, length=layers,
+                       in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast))
+        (x, cache), states = scan(self.config, self.dtype, self.param_dtype, keep_hidden_states=output_hidden_states,
+                                  name="scan")(
+            (x, cache), jnp.arange(layers), cos, sin, allowed, cache_position, segment_ids)
+        return x, cache, [states[i] for i in range(layers)] if output_hidden_states else []
 
 
 class LlamaModule(nn.Module):
@@ -210,36 +268,42 @@ class LlamaModule(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     remat_policy: str = "none"
+    scan_layers: bool = False
 
     def setup(self) -> None:
         c = self.config
         self.embed_tokens = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
                                      embedding_init=nn.initializers.normal(c.initializer_range))
-        self.layers = LlamaLayers(c, self.dtype, self.param_dtype, self.remat_policy)
+        self.layers = LlamaLayers(c, self.dtype, self.param_dtype, self.remat_policy, self.scan_layers)
         self.norm = LlamaRMSNorm(c.rms_norm_eps, self.param_dtype)
         self.rotary_emb = LlamaRotaryEmbedding(c)
 
     def __call__(self, input_ids: Array | None = None, attention_mask: Array | None = None,
                  position_ids: Array | None = None, past_key_values: KVCache | None = None,
                  inputs_embeds: Array | None = None, cache_position: Array | None = None,
-                 output_hidden_states: bool = False) -> BaseModelOutput:
+                 output_hidden_states: bool = False, segment_ids: Array | None = None) -> BaseModelOutput:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = constrain(self.embed_tokens(input_ids), "batch", "length", "hidden")
         batch, seq, _ = inputs_embeds.shape
-        if cache_position is None:
-            cache_position = jnp.arange(seq)
-        if position_ids is None:
-            position_ids = jnp.broadcast_to(cache_position[None], (batch, seq))
-        keys = past_key_values.max_length if past_key_values is not None else seq
+        cached = past_key_values is not None
         if attention_mask is not None:
             attention_mask = jnp.asarray(attention_mask)  # a numpy mask closed over by jit meets traced slots
-        allowed = model_attention_allowed(attention_mask, cache_position, jnp.arange(keys), past_key_values is not None)
+        check_segment_ids(segment_ids, (batch, seq), cached, attention_mask)
+        if cache_position is None:
+            cache_position = jnp.arange(seq)
+        if position_ids is None and segment_ids is not None:
+            position_ids = positions_from_segment_ids(segment_ids, jnp, partial(jax.lax.cummax, axis=1))
+        if position_ids is None:
+            position_ids = jnp.broadcast_to(cache_position[None], (batch, seq))
+        keys = past_key_values.max_length if cached else seq
+        allowed = model_attention_allowed(attention_mask, cache_position, jnp.arange(keys), cached, segment_ids)
+        packed = segment_ids if is_packed_causal(attention_mask, cached, segment_ids) else None
         cos, sin = self.rotary_emb(position_ids, inputs_embeds.dtype)
 
         x, past_key_values, layer_states = self.layers(inputs_embeds, cos, sin, allowed, past_key_values,
-                                                       cache_position, output_hidden_states)
+                                                       cache_position, output_hidden_states, packed)
         x = self.norm(x)
         hidden_states = None
         if output_hidden_states:
@@ -258,10 +322,11 @@ class LlamaForCausalLMModule(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     remat_policy: str = "none"
+    scan_layers: bool = False
 
     def setup(self) -> None:
         c = self.config
-        self.model = LlamaModule(c, self.dtype, self.param_dtype, self.remat_policy)
+        self.model = LlamaModule(c, self.dtype, self.param_dtype, self.remat_policy, self.scan_layers)
         if not c.tie_word_embeddings:
             self.lm_head = linear(c, "lm_head", c.vocab_size, False, self.dtype, self.param_dtype)
 
@@ -269,19 +334,31 @@ class LlamaForCausalLMModule(nn.Module):
                  position_ids: Array | None = None, past_key_values: KVCache | None = None,
                  inputs_embeds: Array | None = None, labels: Array | None = None,
                  cache_position: Array | None = None, logits_to_keep: int = 0,
-                 output_hidden_states: bool = False) -> CausalLMOutput:
+                 output_hidden_states: bool = False, segment_ids: Array | None = None) -> CausalLMOutput:
         out = self.model(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,
-                         cache_position, output_hidden_states)
+                         cache_position, output_hidden_states, segment_ids)
         kept = out.last_hidden_state[:, -logits_to_keep:] if logits_to_keep else out.last_hidden_state
         logits = self.model.attend(kept) if self.config.tie_word_embeddings else self.lm_head(kept)
-        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        loss = causal_lm_loss(logits, labels, segment_ids) if labels is not None else None
         return CausalLMOutput(logits, loss, out.hidden_states, out.past_key_values)
 
 
-def causal_lm_loss(logits: Array, labels: Array) -> Array:
-    """Mean cross-entropy of logits[t] against labels[t+1] in float32, ignoring -100."""
+def causal_lm_loss(logits: Array, labels: Array, segment_ids: Array | None = None) -> Array:
+    """Mean cross-entropy of logits[t] against labels[t+1] in float32, ignoring -100 (and, in a packed
+    row, every prediction across a document boundary)."""
+    losses, keep = causal_lm_token_losses(logits, labels, segment_ids)
+    return jnp.sum(losses) / jnp.sum(keep)
+
+
+def causal_lm_token_losses(logits: Array, labels: Array, segment_ids: Array | None = None) -> tuple[Array, Array]:
+    """Per-position float32 cross-entropy of logits[t] against labels[t+1] (0 where not scored) and
+    the (batch, seq) mask of scored positions."""
+    if segment_ids is not None:
+        labels = packed_labels(labels, segment_ids, jnp)
     shifted = jnp.pad(labels, ((0, 0), (0, 1)), constant_values=IGNORE_INDEX)[:, 1:]
-    return masked_cross_entropy(logits, shifted, shifted != IGNORE_INDEX)
+    keep = shifted != IGNORE_INDEX
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), jnp.where(keep, shifted, 0))
+    return jnp.where(keep, losses, 0.0), keep
 
 
 def masked_cross_entropy(logits: Array, labels: Array, keep: Array) -> Array:
@@ -296,13 +373,14 @@ class LlamaForSequenceClassificationModule(nn.Module):
     config: LlamaConfig
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    scan_layers: bool = False
 
     @nn.compact
     def __call__(self, input_ids: Array | None = None, attention_mask: Array | None = None,
                  position_ids: Array | None = None, inputs_embeds: Array | None = None,
                  labels: Array | None = None, output_hidden_states: bool = False) -> SequenceClassifierOutput:
         c = self.config
-        out = LlamaModule(c, self.dtype, self.param_dtype, name="model")(
+        out = LlamaModule(c, self.dtype, self.param_dtype, scan_layers=self.scan_layers, name="model")(
             input_ids, attention_mask, position_ids, None, inputs_embeds, output_hidden_states=output_hidden_states)
         logits = nn.Dense(c.num_labels, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype, name="score",
                           kernel_init=nn.initializers.normal(c.initializer_range))(out.last_hidden_state)
@@ -335,6 +413,7 @@ class LlamaForQuestionAnsweringModule(nn.Module):
     config: LlamaConfig
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    scan_layers: bool = False
 
     @nn.compact
     def __call__(self, input_ids: Array | None = None, attention_mask: Array | None = None,
@@ -342,7 +421,8 @@ class LlamaForQuestionAnsweringModule(nn.Module):
                  start_positions: Array | None = None, end_positions: Array | None = None,
                  output_hidden_states: bool = False) -> QuestionAnsweringOutput:
         c = self.config
-        out = LlamaModule(c, self.dtype, self.param_dtype, name="transformer")(
+        out = LlamaModule(c, self.dtype, self.param_dtype, scan_layers=self.scan_layers,
+                          name="transformer")(
             input_ids, attention_mask, position_ids, None, inputs_embeds, output_hidden_states=output_hidden_states)
         logits = nn.Dense(2, dtype=self.dtype, param_dtype=self.param_dtype, name="qa_outputs",
                           kernel_init=nn.initializers.normal(c.initializer_range))(out.last_hidden_state)
@@ -362,6 +442,7 @@ class LlamaForTokenClassificationModule(nn.Module):
     config: LlamaConfig
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    scan_layers: bool = False
 
     @nn.compact
     def __call__(self, input_ids: Array | None = None, attention_mask: Array | None = None,
@@ -369,7 +450,7 @@ class LlamaForTokenClassificationModule(nn.Module):
                  labels: Array | None = None, output_hidden_states: bool = False,
                  deterministic: bool = True) -> TokenClassifierOutput:
         c = self.config
-        out = LlamaModule(c, self.dtype, self.param_dtype, name="model")(
+        out = LlamaModule(c, self.dtype, self.param_dtype, scan_layers=self.scan_layers, name="model")(
             input_ids, attention_mask, position_ids, None, inputs_embeds, output_hidden_states=output_hidden_states)
         x = nn.Dropout(token_classifier_dropout(c))(out.last_hidden_state, deterministic=deterministic)
         logits = nn.Dense(c.num_labels, dtype=self.dtype, param_dtype=self.param_dtype, name="score",

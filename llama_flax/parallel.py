@@ -76,23 +76,25 @@ def shard_batch(mesh: Mesh, array: Any) -> jax.Array:
 
 def from_pretrained_sharded(model_class: type[FlaxPreTrainedModel], path_or_repo_id: str | os.PathLike, mesh: Mesh,
                             dtype: Any = None, param_dtype: Any = None, config: LlamaConfig | None = None,
-                            **config_overrides: Any) -> FlaxPreTrainedModel:
+                            scan_layers: bool = False, **config_overrides: Any) -> FlaxPreTrainedModel:
     """model_class.from_pretrained with every tensor read straight onto its shards.
 
     Each device's block is sliced from the memory-mapped safetensors file and converted on the
     host, so no device (and no host) ever holds a full copy; on several hosts each reads only the
     blocks of its own devices. Old flax_model.msgpack folders cannot be read by block: they load
-    whole and are then sharded.
+    whole and are then sharded. With scan_layers the layers' blocks are stacked on the devices
+    (each device stacks its own blocks) and placed by the rule table's "layers" axis.
     """
     directory = resolve_model_dir(path_or_repo_id)
     if not any(os.path.exists(os.path.join(directory, f)) for f in (SINGLE_FILE, INDEX_FILE)):
         if os.path.exists(os.path.join(directory, MSGPACK_FILE)):
-            model = model_class.from_pretrained(directory, dtype, param_dtype, config, **config_overrides)
+            model = model_class.from_pretrained(directory, dtype, param_dtype, config, scan_layers=scan_layers,
+                                                **config_overrides)
             model.params = shard_params(model.params, mesh)
             return model
     config = config or LlamaConfig.from_pretrained(directory, **config_overrides)
-    model = model_class.without_params(config, resolve_dtype(dtype, config), param_dtype)
-    shardings = flatten_tree(param_shardings(unflatten_tree(model.param_shapes()), mesh))
+    model = model_class.without_params(config, resolve_dtype(dtype, config), param_dtype, scan_layers)
+    shardings = flatten_tree(param_shardings(unflatten_tree(model.param_shapes(unrolled=True)), mesh))
 
     def place_blocks(path: tuple[str, ...], spec: jax.ShapeDtypeStruct, checkpoint: Checkpoint, key: str,
                      transposed: bool) -> jax.Array:
@@ -105,7 +107,8 @@ def from_pretrained_sharded(model_class: type[FlaxPreTrainedModel], path_or_repo
 
         return jax.make_array_from_callback(spec.shape, shardings[path], read)
 
-    # Task heads missing from the checkpoint come back unsharded; shard_params places them too.
+    # Task heads missing from the checkpoint come back unsharded, and stacks as jnp.stack placed them;
+    # shard_params places both by the rule table.
     model.params = shard_params(model.params_from_checkpoint(Checkpoint(directory), place_blocks), mesh)
     return model
 

@@ -76,6 +76,9 @@ def quantize(model: Any, quantization: str | q.QuantizationConfig = "int4", grou
     weight to the same integers; the float kernels are dropped as they are replaced.
     """
     settings = q.QuantizationConfig.create(quantization, group_size, symmetric, modules)
+    if model.module.scan_layers:
+        raise ConfigError("a model with scan_layers=True cannot be quantized: quantized models run unrolled "
+                          "(load it without scan_layers)")
     if q.config_quantization(model.config) is not None:
         raise ConfigError(f"the model is already quantized ({q.config_quantization(model.config).name})")
     config = q.with_quantization(model.config, settings)

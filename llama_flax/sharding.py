@@ -2,9 +2,11 @@
 table that maps them onto a (data, fsdp, tensor) mesh.
 
 LOGICAL_AXIS_RULES maps logical names to mesh axes: FSDP shards parameters along the embedding
-axis, tensor parallelism splits heads, the MLP and the vocabulary, and the batch is split over data
-and fsdp. A mesh axis that does not divide a dimension is dropped for that dimension (it stays
-replicated), so one rule table serves every model size, e.g. two kv heads on four tensor shards.
+axis, tensor parallelism splits heads, the MLP and the vocabulary, the batch is split over data
+and fsdp, and the stacked axis of scanned layers stays whole (each device holds its slice of every
+layer, so the scan never moves a layer between devices). A mesh axis that does not divide a
+dimension is dropped for that dimension (it stays replicated), so one rule table serves every
+model size, e.g. two kv heads on four tensor shards.
 The runners that use these rules (meshes, jit, pmap, sharded loading) are in llama_flax.parallel.
 """
 
@@ -18,6 +20,7 @@ import jax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from llama_flax.scan import SCAN
 from llama_shared.naming import flatten_tree, unflatten_tree
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -35,6 +38,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("head_dim", None),
     ("hidden", None),
     ("labels", None),
+    ("layers", None),
 )
 
 # Parameter path (transformers' Flax path joined with "/") -> logical axes; the first match wins.
@@ -55,15 +59,17 @@ PARAM_LOGICAL_AXES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r"(score|qa_outputs)/bias", ("labels",)),
 )
 _PARAM_PATTERNS = tuple((re.compile(rf"(^|/){pattern}$"), axes) for pattern, axes in PARAM_LOGICAL_AXES)
+# Scanned layers (llama_flax.scan) stack each layer param along a leading "layers" axis.
+_STACKED = re.compile(rf"(^|/)layers/{SCAN}/")
 _RULES = dict(LOGICAL_AXIS_RULES)
 
 
 def param_logical_axes(path: tuple[str, ...] | str) -> tuple[str, ...]:
-    """Logical axes of a parameter, by its Flax path."""
+    """Logical axes of a parameter, by its Flax path (a stacked layer param's first axis is "layers")."""
     name = path if isinstance(path, str) else "/".join(path)
     for pattern, axes in _PARAM_PATTERNS:
         if pattern.search(name):
-            return axes
+            return ("layers", *axes) if _STACKED.search(name) else axes
     raise ValueError(f"parameter {name!r} has no entry in llama_flax.sharding.PARAM_LOGICAL_AXES")
 
 

@@ -33,7 +33,8 @@ import orbax.checkpoint as ocp
 from llama_flax import parallel, sharding
 from llama_flax.loading import FlaxPreTrainedModel, resolve_dtype
 from llama_flax.modeling import REMAT_POLICIES, causal_lm_loss
-from llama_shared.heads import IGNORE_INDEX
+from llama_flax.scan import stacked_at
+from llama_shared.heads import IGNORE_INDEX, packed_labels
 
 Batch = Mapping[str, Any]
 
@@ -86,11 +87,20 @@ def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     """Global-norm gradient clipping, then AdamW on the schedule with decay on matrices only."""
     adamw = optax.adamw(learning_rate_schedule(config), config.b1, config.b2, config.eps,
-                        weight_decay=config.weight_decay,
-                        mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params))
+                        weight_decay=config.weight_decay, mask=decayed)
     if config.max_grad_norm is None:
         return adamw
     return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adamw)
+
+
+def decayed(params: Any) -> Any:
+    """True for the params weight decay applies to: matrices (kernels, embeddings), counted per layer
+    so that a scanned layer's stacked norm weights (layers, hidden) stay undecayed."""
+    def is_matrix(key_path: tuple, param: Any) -> bool:
+        names = tuple(str(getattr(k, "key", k)) for k in key_path)
+        return param.ndim - (stacked_at(names) is not None) >= 2
+
+    return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
 def init_train_state(params: Any, optimizer: optax.GradientTransformation, master_dtype: Any = jnp.float32,
@@ -110,11 +120,14 @@ def target_count(labels: jax.Array) -> jax.Array:
 
 
 def complete_batch(batch: Batch) -> dict[str, Any]:
-    """Fill in labels on the host: input_ids, with padding (attention_mask 0) ignored."""
+    """Fill in labels on the host: input_ids, with padding (attention_mask 0) ignored; in a packed
+    batch (segment_ids) padding and each document's first token are never targets."""
     batch = dict(batch)
     if "labels" not in batch:
         ids, mask = np.asarray(batch["input_ids"]), batch.get("attention_mask")
         batch["labels"] = ids if mask is None else np.where(np.asarray(mask) == 0, IGNORE_INDEX, ids)
+    if "segment_ids" in batch:
+        batch["labels"] = packed_labels(np.asarray(batch["labels"]), np.asarray(batch["segment_ids"]), np)
     return batch
 
 
@@ -122,8 +135,9 @@ def make_train_step(module: nn.Module, optimizer: optax.GradientTransformation, 
                     accumulation_steps: int = 1, axis_name: str | None = None) -> Callable:
     """A pure step(state, batch) -> (state, metrics) for jax.jit or jax.pmap.
 
-    batch holds input_ids and labels (batch, seq) and optionally attention_mask; it is cut into
-    accumulation_steps micro-batches run one after another. With axis_name (under pmap), loss
+    batch holds input_ids and labels (batch, seq) and optionally attention_mask, or segment_ids and
+    position_ids for packed rows (labels already through packed_labels, as complete_batch leaves
+    them); it is cut into accumulation_steps micro-batches run one after another. With axis_name (under pmap), loss
     sums, gradient sums and token counts are summed over that axis before the update.
     """
     def micro_loss(params: Any, micro: Batch) -> tuple[jax.Array, jax.Array]:
@@ -131,7 +145,8 @@ def make_train_step(module: nn.Module, optimizer: optax.GradientTransformation, 
         # a micro-batch without targets would make the mean loss 0/0: score one dummy target instead,
         # which the count of 0 then removes from the sum and from the gradient
         labels = labels.at[0, -1].set(jnp.where(count > 0, labels[0, -1], 0))
-        logits = module.apply({"params": params}, micro["input_ids"], micro.get("attention_mask")).logits
+        logits = module.apply({"params": params}, micro["input_ids"], micro.get("attention_mask"),
+                              micro.get("position_ids"), segment_ids=micro.get("segment_ids")).logits
         return causal_lm_loss(logits, labels) * count, count
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
@@ -228,7 +243,8 @@ class Trainer:
         return sharding.tree_shardings(state, sharding.param_shardings(state.params, self.mesh), self.mesh)
 
     def step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        """One optimizer step on a batch (input_ids, optional labels and attention_mask); donates state."""
+        """One optimizer step on a batch (input_ids; optional labels, attention_mask, or segment_ids and
+        position_ids of packed rows); donates state."""
         batch = complete_batch(batch)
         if self._step is None:
             if self.mesh is None:

@@ -19,3 +19,7 @@ class GenerationError(LlamaTwinError):
 
 class TokenizerError(LlamaTwinError):
     """A tokenizer file of the wrong kind, a corrupt file, or a tokenizer setting that cannot work."""
+
+
+class InputError(LlamaTwinError):
+    """Model or evaluation inputs of the wrong shape, dtype or value (segment ids, strides, lengths)."""

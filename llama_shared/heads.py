@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from llama_shared.config import LlamaConfig
 from llama_shared.errors import ConfigError
 
@@ -33,3 +35,11 @@ def require_pad_for_batch(config: LlamaConfig, batch_size: int) -> None:
     if config.pad_token_id is None and batch_size != 1:
         raise ConfigError("config field 'pad_token_id' is null: sequence classification cannot find the last "
                           "token of each row in a batch larger than 1")
+
+
+def packed_labels(labels: Any, segment_ids: Any, xp: Any) -> Any:
+    """labels with IGNORE_INDEX at padding (segment 0) and at each document's first token, so the
+    causal-LM loss never predicts one document's first token from the end of the one before it."""
+    seq = segment_ids.shape[-1]
+    previous = segment_ids[:, [0, *range(seq - 1)]]
+    return xp.where((segment_ids == 0) | (segment_ids != previous), IGNORE_INDEX, labels)

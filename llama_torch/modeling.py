@@ -15,8 +15,9 @@ from torch import nn
 
 from llama_shared import rope
 from llama_shared.config import LlamaConfig
-from llama_shared.heads import IGNORE_INDEX, require_pad_for_batch, sequence_problem_type, token_classifier_dropout
-from llama_shared.masks import model_attention_allowed, query_has_keys
+from llama_shared.heads import (IGNORE_INDEX, packed_labels, require_pad_for_batch, sequence_problem_type,
+                                token_classifier_dropout)
+from llama_shared.masks import check_segment_ids, model_attention_allowed, positions_from_segment_ids, query_has_keys
 from llama_shared.outputs import (BaseModelOutput, CausalLMOutput, QuestionAnsweringOutput,
                                   SequenceClassifierOutput, TokenClassifierOutput)
 from llama_torch.cache import KVCache
@@ -174,7 +175,7 @@ class LlamaModel(PreTrainedModel):
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, past_key_values: KVCache | None = None,
                 inputs_embeds: torch.Tensor | None = None, cache_position: torch.Tensor | None = None,
-                output_hidden_states: bool = False) -> BaseModelOutput:
+                output_hidden_states: bool = False, segment_ids: torch.Tensor | None = None) -> BaseModelOutput:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
@@ -182,13 +183,17 @@ class LlamaModel(PreTrainedModel):
             inputs_embeds = self.embed_tokens(input_ids)
         batch, seq, _ = inputs_embeds.shape
         device = inputs_embeds.device
+        cached = past_key_values is not None
+        check_segment_ids(segment_ids, (batch, seq), cached, attention_mask)
         if cache_position is None:
             cache_position = torch.arange(seq, device=device)
+        if position_ids is None and segment_ids is not None:
+            position_ids = positions_from_segment_ids(segment_ids, torch, lambda x: torch.cummax(x, dim=-1).values)
         if position_ids is None:
             position_ids = cache_position[None].expand(batch, seq)
-        keys = past_key_values.max_length if past_key_values is not None else seq
-        allowed = model_attention_allowed(attention_mask, cache_position, torch.arange(keys, device=device),
-                                          past_key_values is not None)
+        keys = past_key_values.max_length if cached else seq
+        allowed = model_attention_allowed(attention_mask, cache_position, torch.arange(keys, device=device), cached,
+                                          segment_ids)
         cos, sin = self.rotary_emb(position_ids, inputs_embeds.dtype)
 
         x = inputs_embeds
@@ -219,19 +224,31 @@ class LlamaForCausalLM(PreTrainedModel):
                 position_ids: torch.Tensor | None = None, past_key_values: KVCache | None = None,
                 inputs_embeds: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 cache_position: torch.Tensor | None = None, logits_to_keep: int | torch.Tensor = 0,
-                output_hidden_states: bool = False) -> CausalLMOutput:
+                output_hidden_states: bool = False, segment_ids: torch.Tensor | None = None) -> CausalLMOutput:
         out = self.model(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,
-                         cache_position, output_hidden_states)
+                         cache_position, output_hidden_states, segment_ids)
         kept = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(out.last_hidden_state[:, kept])
-        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        loss = causal_lm_loss(logits, labels, segment_ids) if labels is not None else None
         return CausalLMOutput(logits, loss, out.hidden_states, out.past_key_values)
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of logits[t] against labels[t+1] in float32, ignoring -100."""
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy of logits[t] against labels[t+1] in float32, ignoring -100 (and, in a packed
+    row, every prediction across a document boundary)."""
+    losses, keep = causal_lm_token_losses(logits, labels, segment_ids)
+    return losses.sum() / keep.sum()
+
+
+def causal_lm_token_losses(logits: torch.Tensor, labels: torch.Tensor,
+                           segment_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position float32 cross-entropy of logits[t] against labels[t+1] (0 where not scored) and
+    the (batch, seq) mask of scored positions."""
+    if segment_ids is not None:
+        labels = packed_labels(labels, segment_ids, torch)
     shifted = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
-    return F.cross_entropy(logits.float().flatten(0, 1), shifted.flatten(), ignore_index=IGNORE_INDEX)
+    losses = F.cross_entropy(logits.float().transpose(1, 2), shifted, ignore_index=IGNORE_INDEX, reduction="none")
+    return losses, shifted != IGNORE_INDEX
 
 
 class LlamaForSequenceClassification(PreTrainedModel):

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
 
@@ -26,6 +28,7 @@ class Backend:
     from_numpy: Callable[[np.ndarray], Any]  # an int or float array into the model's array type
     to_numpy: Callable[[Any], np.ndarray]  # a model's output array back to the host, as is
     inference: Callable[[], contextlib.AbstractContextManager]  # no autograd bookkeeping
+    target_scores: Callable[[Any, Any], tuple[Any, Any]]  # (logits, targets) -> (float32 log p, is argmax)
 
 
 def _torch_to_numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -38,11 +41,24 @@ def _flax_to_numpy(array: Any) -> np.ndarray:
     return array.astype(np.float32) if array.dtype.kind == "V" or array.dtype.name == "bfloat16" else array
 
 
+def _torch_target_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(targets[b, t]) under float32 logits[b, t], and whether each target is the argmax."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    return log_probs.gather(-1, targets[..., None].long())[..., 0], logits.argmax(-1) == targets
+
+
+@jax.jit
+def _flax_target_scores(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """log p(targets[b, t]) under float32 logits[b, t], and whether each target is the argmax."""
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(log_probs, targets[..., None], -1)[..., 0], jnp.argmax(logits, -1) == targets
+
+
 BACKENDS = {
     "flax": Backend("flax", FlaxLlamaForCausalLM, from_numpy=lambda a: a, to_numpy=_flax_to_numpy,
-                    inference=contextlib.nullcontext),
+                    inference=contextlib.nullcontext, target_scores=_flax_target_scores),
     "torch": Backend("torch", LlamaForCausalLM, from_numpy=torch.from_numpy, to_numpy=_torch_to_numpy,
-                     inference=torch.no_grad),
+                     inference=torch.no_grad, target_scores=_torch_target_scores),
 }
 
 

@@ -1,14 +1,15 @@
 """The `llama-twin` command: one entry point, one module per subcommand (generate, convert, parity,
-mask, train), each with add_arguments(parser) and run(args) -> exit status."""
+mask, train, perplexity, lm-eval), each with add_arguments(parser) and run(args) -> exit status."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from llama_twin.cli import convert, generate, mask, parity, train
+from llama_twin.cli import convert, generate, harness, mask, parity, perplexity, train
 
-SUBCOMMANDS = {"generate": generate, "convert": convert, "parity": parity, "mask": mask, "train": train}
+SUBCOMMANDS = {"generate": generate, "convert": convert, "parity": parity, "mask": mask, "train": train,
+               "perplexity": perplexity, "lm-eval": harness}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +20,10 @@ def main(argv: list[str] | None = None) -> int:
         summary = module.__doc__.strip().splitlines()[0]
         module.add_arguments(commands.add_parser(
             name, help=summary, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(SUBCOMMANDS[args.command], "PASSES_ON_ARGUMENTS", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.passed_on = extra
     return SUBCOMMANDS[args.command].run(args)
 
 

@@ -1,8 +1,10 @@
 """Fine-tune a model (Flax, optax AdamW) on a text file; log loss and tokens/s; save a Hugging Face folder.
 
 The text is tokenized once with the model folder's tokenizer (or --tokenizer) and read as random
-windows of --seq-len tokens. On several devices the run is sharded over a (data, fsdp, tensor) mesh;
-on several hosts, start every host with the same command and --distributed.
+windows of --seq-len tokens; with --packed its documents (separated by blank lines, or the lines of
+a .jsonl file) are packed several to a row instead, each with EOS, never attending to each other.
+On several devices the run is sharded over a (data, fsdp, tensor) mesh; on several hosts, start
+every host with the same command and --distributed.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dtype of the params and optimizer state (default: float32)")
     parser.add_argument("--mesh", default="1,-1,1", metavar="DATA,FSDP,TENSOR",
                         help="device mesh sizes, one may be -1 for the rest (default: 1,-1,1: FSDP over all devices)")
+    parser.add_argument("--packed", action="store_true",
+                        help="pack the file's documents into rows (segment ids) instead of random windows")
+    parser.add_argument("--scan-layers", action="store_true",
+                        help="run the decoder layers as one nn.scan (compile time flat in depth)")
     parser.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder (default: MODEL)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the window sampling (default: 0)")
     parser.add_argument("--save-state", metavar="DIR", help="also write the Orbax train state here at the end")
@@ -82,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         tokens = tokenizer.encode(f.read())
 
     mesh = parallel.make_mesh(*parse_mesh(args.mesh))
-    model = parallel.from_pretrained_sharded(FlaxLlamaForCausalLM, model_dir, mesh)
+    model = parallel.from_pretrained_sharded(FlaxLlamaForCausalLM, model_dir, mesh, scan_layers=args.scan_layers)
     if max(tokens, default=0) >= model.config.vocab_size:
         raise SystemExit(f"the tokenizer in {tokenizer_dir} yields token id {max(tokens)}, outside the model's "
                          f"vocabulary of {model.config.vocab_size}")
@@ -110,7 +116,14 @@ def run(args: argparse.Namespace) -> int:
             bar.write(f"step {step} loss {metrics['loss']:.4f} grad_norm {metrics['grad_norm']:.3f} "
                       f"lr {metrics['learning_rate']:.2e} tokens/s {metrics['tokens_per_second']:.0f}")
 
-    batches = token_batches(tokens, args.batch_size, args.seq_len, args.seed + int(state.step))
+    if args.packed:
+        from llama_twin.data import packed_batches
+
+        # every host passes the same global batch (the mesh runner splits it), so one shard for all
+        batches = packed_batches([args.text], tokenizer, args.seq_len, args.batch_size, args.seed + int(state.step),
+                                 shard_index=0, shard_count=1)
+    else:
+        batches = token_batches(tokens, args.batch_size, args.seq_len, args.seed + int(state.step))
     state, losses = trainer.fit(state, batches, steps, log)
     bar.close()
 

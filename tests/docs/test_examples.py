@@ -1,9 +1,12 @@
 """Every example in README.md and docs/ runs: each document's python and bash blocks in order, in a
 fresh working folder, python blocks in one interpreter session per document. Blocks fenced
-```python no-run or ```bash no-run (installs, multi-host launches) are skipped."""
+```python no-run or ```bash no-run (installs, multi-host launches) are skipped, and so are blocks
+fenced ```python requires=MODULE[,MODULE] where one of those optional modules is not installed
+(grain, lm_eval): they run wherever the test extra is installed, as in CI."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -36,9 +39,18 @@ def examples(document: Path) -> list[tuple[str, str]]:
     blocks = []
     for info, code in FENCE.findall(document.read_text()):
         words = info.split()
-        if words and words[0] in RUNNABLE and "no-run" not in words[1:]:
+        if words and words[0] in RUNNABLE and "no-run" not in words[1:] and installed(words[1:]):
             blocks.append((words[0], code))
     return blocks
+
+
+def installed(fence_words: list[str]) -> bool:
+    """True unless a requires=MODULE,... word names a module that is not installed."""
+    for word in fence_words:
+        if word.startswith("requires="):
+            if any(importlib.util.find_spec(name) is None for name in word.removeprefix("requires=").split(",")):
+                return False
+    return True
 
 
 def test_the_block_reader_skips_no_run_and_other_languages(tmp_path):
@@ -46,6 +58,12 @@ def test_the_block_reader_skips_no_run_and_other_languages(tmp_path):
     document.write_text("text\n```python\nx = 1\n```\n```bash no-run\npip install x\n```\n"
                         "```json\n{}\n```\n```bash\necho hi\n```\n")
     assert examples(document) == [("python", "x = 1\n"), ("bash", "echo hi\n")]
+
+
+def test_blocks_that_require_a_missing_module_are_skipped(tmp_path):
+    document = tmp_path / "doc.md"
+    document.write_text("```python requires=json\na = 1\n```\n```python requires=json,no_such_module_xyz\nb = 2\n```\n")
+    assert examples(document) == [("python", "a = 1\n")]
 
 
 @pytest.mark.slow

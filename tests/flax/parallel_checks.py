@@ -4,7 +4,8 @@ them, and imports batch() and train_config() to compute the one-process referenc
 
     python tests/flax/parallel_checks.py meshes CHECKPOINT_DIR
         On 8 simulated CPU devices: logits, greedy generation and one train step (loss, updated params)
-        on meshes (8,1,1), (1,8,1), (1,2,4), (2,2,2) and under pmap, each against one device.
+        on meshes (8,1,1), (1,8,1), (1,2,4), (2,2,2) and under pmap, each against one device; the
+        same three with scanned layers (scan_layers=True) on (2,2,2) against the unrolled model on one.
     python tests/flax/parallel_checks.py multihost CHECKPOINT_DIR PROCESS_ID PORT OUT_FILE
         One of two processes (2 CPU devices each) joined by jax.distributed: sharded loading and one
         sharded train step; writes the loss and the updated params (gathered) to OUT_FILE (.npz).
@@ -76,6 +77,7 @@ def check_meshes(checkpoint: str) -> int:
 
     from llama_flax import parallel, sharding
     from llama_flax.modeling import FlaxLlamaForCausalLM
+    from llama_flax.scan import unstack_layers
     from llama_flax.training import Trainer
 
     assert len(jax.devices()) == 8, jax.devices()
@@ -117,6 +119,27 @@ def check_meshes(checkpoint: str) -> int:
         param_diff = max_difference(jax.device_get(sharded_state.params), params)
         report(results, f"train step {shape}", loss_diff <= TOLERANCE and param_diff <= TOLERANCE,
                loss_diff=loss_diff, param_max_abs_diff=param_diff)
+
+    mesh = parallel.make_mesh(2, 2, 2)
+    model = parallel.from_pretrained_sharded(FlaxLlamaForCausalLM, checkpoint, mesh, scan_layers=True)
+    expected = sharding.param_shardings(model.params, mesh)
+    placed = all(p.sharding.is_equivalent_to(s, p.ndim) for p, s in
+                 zip(jax.tree.leaves(model.params), jax.tree.leaves(expected)))
+    q_kernel = model.params["model"]["layers"]["scan"]["self_attn"]["q_proj"]["kernel"]
+    q_spec = jax.sharding.PartitionSpec(None, "fsdp", "tensor")   # the layer axis whole, then (fsdp, tensor)
+    report(results, "scanned load (2, 2, 2)", placed and q_kernel.sharding.spec == q_spec,
+           q_proj_spec=str(q_kernel.sharding.spec))
+    diff = float(np.max(np.abs(np.asarray(parallel.jit_forward(model, mesh)(model.params, ids, mask)) - logits)))
+    report(results, "scanned logits (2, 2, 2)", diff <= TOLERANCE, max_abs_diff=diff)
+    sharded_tokens = np.asarray(parallel.generate(model, mesh, ids, mask, max_new_tokens=NEW_TOKENS, do_sample=False))
+    report(results, "scanned greedy generation (2, 2, 2)", np.array_equal(sharded_tokens, tokens),
+           differing_tokens=int(np.sum(sharded_tokens != tokens)))
+    sharded_trainer = Trainer(model, train_config(), mesh)
+    sharded_state, sharded_metrics = sharded_trainer.step(sharded_trainer.init_state(), data)
+    loss_diff = abs(float(sharded_metrics["loss"]) - loss)
+    param_diff = max_difference(unstack_layers(jax.device_get(sharded_state.params)), params)
+    report(results, "scanned train step (2, 2, 2)", loss_diff <= TOLERANCE and param_diff <= TOLERANCE,
+           loss_diff=loss_diff, param_max_abs_diff=param_diff)
 
     pmap_logits = parallel.pmap_forward(reference)(reference.params, parallel.split_for_pmap(ids, 8),
                                                    parallel.split_for_pmap(mask, 8))

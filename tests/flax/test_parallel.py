@@ -59,6 +59,14 @@ def test_mesh_axes_that_do_not_divide_a_dimension_are_dropped():
     assert sharding.fit_spec(("batch",), (3,), sizes) == P(None)
 
 
+def test_stacked_layer_params_get_a_leading_layers_axis_kept_whole():
+    sizes = {"data": 2, "fsdp": 2, "tensor": 2}
+    path = "model/layers/scan/self_attn/q_proj/kernel"
+    assert sharding.param_logical_axes(path) == ("layers", "embed", "heads")
+    assert sharding.fit_spec(sharding.param_logical_axes(path), (4, 64, 64), sizes) == P(None, "fsdp", "tensor")
+    assert sharding.param_logical_axes("model/layers/scan/input_layernorm/weight") == ("layers", "hidden")
+
+
 def test_unknown_parameter_is_named():
     with pytest.raises(ValueError, match="model/adapter/kernel"):
         sharding.param_logical_axes(("model", "adapter", "kernel"))
@@ -142,6 +150,7 @@ def test_eight_devices_meshes_and_pmap_equal_one_device(hf_checkpoint):
         for what in ("load", "logits", "greedy generation", "train step"):
             assert f"{what} {shape}" in names, output[-3000:]
     assert {"pmap logits", "pmap train step"} <= names
+    assert {f"scanned {what} (2, 2, 2)" for what in ("load", "logits", "greedy generation", "train step")} <= names
     failed = [c for c in checks if not c["ok"]]
     assert not failed and process.returncode == 0, failed or output[-3000:]
 

@@ -192,3 +192,48 @@ def test_cli_train_logs_saves_and_resumes(model_dir, tmp_path, capsys):
     assert "2 steps of 4 x 32 tokens from step 12" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="at step 12"):
         main(["train", *common, "--output", str(tmp_path / "again"), "--resume", str(tmp_path / "state")])
+
+
+def test_a_packed_step_scores_each_document_as_if_alone(model):
+    """A packed batch's loss is the mean over its documents' own targets: no document's first token
+    is predicted from the one before, padding (segment 0) is never a target."""
+    from llama_flax.modeling import causal_lm_token_losses
+
+    rng = np.random.default_rng(3)
+    documents = [rng.integers(3, 128, n).astype(np.int32) for n in (5, 7, 3, 9, 4)]
+    ids, segments = np.zeros((2, 16), np.int32), np.zeros((2, 16), np.int32)
+    for row, placed in enumerate(([0, 1], [2, 3, 4])):
+        start = 0
+        for number, index in enumerate(placed, 1):
+            ids[row, start:start + len(documents[index])] = documents[index]
+            segments[row, start:start + len(documents[index])] = number
+            start += len(documents[index])
+    total, count = 0.0, 0
+    for document in documents:
+        logits = model(document[None]).logits
+        losses, keep = causal_lm_token_losses(logits, jnp.asarray(document[None]))
+        total, count = total + float(jnp.sum(losses)), count + int(jnp.sum(keep))
+    trainer = Trainer(model, TrainConfig(**EXACT))
+    _, metrics = trainer.step(trainer.init_state(), {"input_ids": ids, "segment_ids": segments})
+    assert int(metrics["tokens"]) == count == sum(len(d) - 1 for d in documents)
+    assert abs(float(metrics["loss"]) - total / count) <= 1e-5
+
+
+def test_cli_train_packed_documents_with_scanned_layers(model_dir, tmp_path, capsys):
+    """--packed reads the file's documents into packed rows, --scan-layers trains the scanned model;
+    the output folder holds the usual per-layer tensors."""
+    pytest.importorskip("grain")
+    from llama_shared.checkpoints import Checkpoint
+    from llama_twin.cli import main
+
+    tokenizer_dir = tmp_path / "tokenizer"
+    tokenizer_dir.mkdir()
+    char_tokenizer(tokenizer_dir)
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n\n".join(["The cat sat on the mat.", "The dog sat on the log.", "A cat; a dog."] * 20))
+    assert main(["train", model_dir, str(text), "--tokenizer", str(tokenizer_dir), "--steps", "6", "--batch-size",
+                 "2", "--seq-len", "32", "--learning-rate", "3e-3", "--packed", "--scan-layers",
+                 "--output", str(tmp_path / "out")]) == 0
+    first, last = (float(x) for x in capsys.readouterr().out.split("\nloss ")[-1].split(";")[0].split(" -> "))
+    assert last < first
+    assert sorted(Checkpoint(str(tmp_path / "out")).keys()) == sorted(Checkpoint(model_dir).keys())

@@ -30,12 +30,13 @@ FLAX_ONLY = {
         "Array",  # the jax.Array alias of type hints
         "REMAT_POLICIES",  # rematerialisation is a JAX training feature
         "linear",  # builds each Dense (torch declares nn.Linear inline; quantize swaps it later)
-        "LlamaLayers",  # the layer loop as a module of its own, so remat can wrap each layer
+        "LlamaScannedLayer",  # a decoder layer as nn.scan's body (scan_layers is a JAX compile-time feature)
+        "LlamaLayers",  # the layer loop as a module of its own, so remat can wrap each layer and scan them
         "masked_cross_entropy",  # optax has no ignore_index; torch's cross_entropy does
         "FlaxLlamaModel", "FlaxLlamaForCausalLM", "FlaxLlamaForSequenceClassification",
         "FlaxLlamaForQuestionAnswering", "FlaxLlamaForTokenClassification",  # module + params holders
     },
-    "cache": set(),
+    "cache": {"LayerCache"},  # a layer's view of the functional cache (torch updates its lists in place)
     "generation": {
         "Array", "SamplingValues", "DecodeSettings", "DecodeState", "start", "advance", "is_running",
         "generate_loop", "sampling_values",  # the whole decode loop is one jitted lax.while_loop
@@ -109,6 +110,6 @@ def test_files_only_one_twin_has_are_the_known_ones():
     """A new module in one twin is either given a twin or named here, on purpose."""
     flax = {p.stem for p in (ROOT / "llama_flax").glob("*.py")} - {"__init__"}
     torch = {p.stem for p in (ROOT / "llama_torch").glob("*.py")} - {"__init__"}
-    assert flax - torch == {"matmul", "sharding", "parallel", "training"}
+    assert flax - torch == {"matmul", "sharding", "parallel", "training", "scan", "kernels"}
     assert torch - flax == {"tensors"}
     assert flax & torch == set(TWIN_MODULES)
