@@ -7,7 +7,9 @@ model built on the meta device, so loading never holds two copies of the model.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -81,6 +83,11 @@ class PreTrainedModel(GenerationMixin, nn.Module):
             raise ValueError(f"input_ids holds token id {bad}, outside the vocabulary [0, {self.config.vocab_size})")
 
     @property
+    def architecture(self) -> str:
+        """The transformers class this model is (FSDP2 makes a sharded model's class a subclass of it)."""
+        return next(c.__name__ for c in type(self).__mro__ if PreTrainedModel in c.__bases__)
+
+    @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
@@ -117,8 +124,13 @@ class PreTrainedModel(GenerationMixin, nn.Module):
         model.generation_config = GenerationConfig.for_model(directory, config)
         return model.eval()
 
-    def load_checkpoint(self, checkpoint: Checkpoint) -> None:
-        """Copy every tensor the model expects from the checkpoint, checking names and shapes."""
+    def load_checkpoint(self, checkpoint: Checkpoint, place: Callable[..., None] | None = None) -> None:
+        """Copy every tensor the model expects from the checkpoint, checking names and shapes.
+
+        place(param, checkpoint, key) fills one parameter from a stored tensor; by default the tensor
+        is read whole (llama_torch.parallel reads each rank's block of a sharded parameter).
+        """
+        place = place or _read_whole
         params = self.state_dict(keep_vars=True)
         tied = {"lm_head.weight"} if self.config.tie_word_embeddings else set()
         wanted = [k for k in params if k not in tied]
@@ -134,7 +146,7 @@ class PreTrainedModel(GenerationMixin, nn.Module):
                 raise CheckpointError(f"tensor {name!r} is missing from the checkpoint at {checkpoint.directory}")
             check_shape(source, checkpoint.shape(source), tuple(params[name].shape), checkpoint.directory)
             with torch.no_grad():
-                params[name].copy_(to_torch(checkpoint.read(source)))
+                place(params[name], checkpoint, source)
         if fresh_heads:
             with torch.no_grad():
                 for name in fresh_heads:
@@ -146,13 +158,30 @@ class PreTrainedModel(GenerationMixin, nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int = DEFAULT_SHARD_SIZE) -> None:
         """Write config.json and safetensors that transformers (and the Flax twin) load unchanged."""
-        os.makedirs(directory, exist_ok=True)
-        state = {k: v for k, v in self.state_dict().items()
-                 if not (self.config.tie_word_embeddings and k == "lm_head.weight")}
-        dtype_name = str(self.dtype).removeprefix("torch.")
-        self.config.replace(torch_dtype=dtype_name, architectures=[type(self).__name__]).save_pretrained(directory)
+        state = self.state_to_save()
+        # A sharded model holds DTensors; importing their module costs a second, so look only when loaded.
+        dtensor = sys.modules.get("torch.distributed.tensor")
+        if dtensor is not None and any(isinstance(v, dtensor.DTensor) for v in state.values()):
+            raise ValueError(f"this {self.architecture} is sharded over processes: save it with "
+                             f"llama_torch.parallel.save_pretrained_sharded, which gathers it into one folder")
         specs = {k: (tuple(v.shape), to_numpy(v.reshape(-1)[:1]).dtype) for k, v in state.items()}
-        write_checkpoint(directory, specs, ((k, to_numpy(v)) for k, v in state.items()), max_shard_size,
-                         checkpoint_metadata(self.config))
+        self.write_pretrained(directory, specs, ((k, to_numpy(v)) for k, v in state.items()), max_shard_size)
+
+    def state_to_save(self) -> dict[str, torch.Tensor]:
+        """The state dict as a Hugging Face folder holds it: without lm_head.weight when tied."""
+        return {k: v for k, v in self.state_dict().items()
+                if not (self.config.tie_word_embeddings and k == "lm_head.weight")}
+
+    def write_pretrained(self, directory: str | os.PathLike, specs: dict[str, tuple[tuple[int, ...], np.dtype]],
+                         tensors: Iterable[tuple[str, np.ndarray]], max_shard_size: int = DEFAULT_SHARD_SIZE) -> None:
+        """config.json, generation_config.json and the tensors (streamed in the order of specs) into directory."""
+        os.makedirs(directory, exist_ok=True)
+        dtype_name = str(self.dtype).removeprefix("torch.")
+        self.config.replace(torch_dtype=dtype_name, architectures=[self.architecture]).save_pretrained(directory)
+        write_checkpoint(directory, specs, tensors, max_shard_size, checkpoint_metadata(self.config))
         if self.can_generate():
             self.generation_defaults().save_pretrained(directory)
+
+
+def _read_whole(param: torch.Tensor, checkpoint: Checkpoint, key: str) -> None:
+    param.copy_(to_torch(checkpoint.read(key)))
