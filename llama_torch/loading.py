@@ -6,6 +6,7 @@ model built on the meta device, so loading never holds two copies of the model.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import warnings
@@ -22,7 +23,7 @@ from llama_shared.config import LlamaConfig
 from llama_shared.errors import CheckpointError
 from llama_shared.generation import GenerationConfig
 from llama_shared.naming import check_shape, checkpoint_key_map
-from llama_shared.progress import byte_progress
+from llama_shared.progress import QUIET_BELOW, byte_progress
 from llama_shared.quantization import QuantizationConfig, checkpoint_metadata, config_quantization, open_for_loading
 from llama_torch.generation import TOKEN_IDS_CHECKED, GenerationMixin
 from llama_torch.quantization import replace_linears
@@ -124,11 +125,13 @@ class PreTrainedModel(GenerationMixin, nn.Module):
         model.generation_config = GenerationConfig.for_model(directory, config)
         return model.eval()
 
-    def load_checkpoint(self, checkpoint: Checkpoint, place: Callable[..., None] | None = None) -> None:
+    def load_checkpoint(self, checkpoint: Checkpoint, place: Callable[..., None] | None = None,
+                        progress: bool = True) -> None:
         """Copy every tensor the model expects from the checkpoint, checking names and shapes.
 
         place(param, checkpoint, key) fills one parameter from a stored tensor; by default the tensor
-        is read whole (llama_torch.parallel reads each rank's block of a sharded parameter).
+        is read whole (llama_torch.parallel reads each rank's block of a sharded parameter, and shows
+        the progress bar on rank 0 only).
         """
         place = place or _read_whole
         params = self.state_dict(keep_vars=True)
@@ -137,7 +140,7 @@ class PreTrainedModel(GenerationMixin, nn.Module):
         key_map = checkpoint_key_map(wanted, checkpoint.keys(), self.base_prefix)
         fresh_heads = []
         sizes = ((name, tensor_nbytes(checkpoint, key_map[name]) if key_map[name] else 0) for name in wanted)
-        for name in byte_progress(sizes, f"loading {checkpoint.directory}"):
+        for name in byte_progress(sizes, f"loading {checkpoint.directory}", QUIET_BELOW if progress else math.inf):
             source = key_map[name]
             if source is None:
                 if name.split(".")[0] in HEAD_MODULES:

@@ -40,6 +40,7 @@ from llama_torch.sharding import MESH_AXES, apply_fsdp, apply_tensor_parallel, c
 from llama_torch.tensors import to_numpy, to_torch
 
 DEFAULT_TIMEOUT_S = 600.0  # a collective that waits longer fails; loading a 70B shard fits well inside
+SPAWN_GRACE_S = 5.0  # after one spawned process fails, how long the others may take to report theirs
 
 
 # ------------------------------------------------------------------------------------------------
@@ -133,7 +134,7 @@ def from_pretrained_sharded(model_class: type[PreTrainedModel], path_or_repo_id:
     shard_model(model.to(target), mesh)
     model.to_empty(device=local_device())
     model.tie_weights()
-    agreed("loading the checkpoint", lambda: model.load_checkpoint(checkpoint, place_block))
+    agreed("loading the checkpoint", lambda: model.load_checkpoint(checkpoint, place_block, dist.get_rank() == 0))
     model.generation_config = GenerationConfig.for_model(directory, config)
     return model.eval()
 
@@ -280,12 +281,15 @@ def _brief(value: Any) -> str:
 def spawn(fn: Callable[..., Any], nprocs: int, *args: Any, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
     """Run fn(*args) in nprocs new processes on this machine, joined in one process group as torchrun
     would join them (a free local port; one GPU each under NCCL, the CPU cores shared under gloo).
-    If one process fails the others are stopped and the failure is raised here."""
+    If one process fails, the others get a few seconds to report their own errors before they are
+    stopped, and the failure is raised here."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    torch.multiprocessing.start_processes(_run_rank, args=(nprocs, port, timeout_s, fn, args), nprocs=nprocs,
-                                          start_method="spawn")
+    context = torch.multiprocessing.start_processes(_run_rank, args=(nprocs, port, timeout_s, fn, args),
+                                                    nprocs=nprocs, join=False, start_method="spawn")
+    while not context.join(grace_period=SPAWN_GRACE_S):
+        pass
 
 
 def _run_rank(rank: int, world: int, port: int, timeout_s: float, fn: Callable[..., Any], args: tuple) -> None:
