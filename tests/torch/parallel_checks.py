@@ -149,6 +149,8 @@ def check_train_step(results: list[dict], folder: str, case: str, shape: tuple[i
 
     mesh = parallel.make_mesh(*shape)
     model = parallel.from_pretrained_sharded(LlamaForCausalLM, folder, mesh)
+    with torch.no_grad():  # an evaluation first: FSDP's root must not keep the whole parameters it gathered
+        model(ids, attention_mask=mask)
     sharded_loss = parallel.train_step(model, torch.optim.AdamW(model.parameters(), **optimizer_args), mesh,
                                        {"input_ids": ids, "attention_mask": mask})
     param_diff = max(max_diff(v.full_tensor() if isinstance(v, DTensor) else v, expected[k])
