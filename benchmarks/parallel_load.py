@@ -91,7 +91,7 @@ def main() -> None:
         print(f"{'from_pretrained, 1 process':<34}{reference_peak / model_bytes:>38.3f}{1:>28.3f}")
         for shape in MESHES:
             out_file = os.path.join(workdir, "ranks.json")
-            parallel.spawn(measure_rank, 4, folder, shape, out_file, timeout_s=1800)
+            parallel.spawn(measure_rank, 4, folder, shape, out_file, timeout_s=1800, backend="gloo")
             with open(out_file) as f:
                 rows = json.load(f)
             peak = max(row["peak"] for row in rows) / model_bytes

@@ -183,11 +183,12 @@ def train_step(model: PreTrainedModel, optimizer: torch.optim.Optimizer, mesh: D
     target tokens of the whole batch, weighted by token, so the update equals one process's on the
     whole batch. FSDP2 averages gradients over the data-parallel ranks; the loss is scaled to undo it.
     """
-    ids = shard_batch(mesh, batch["input_ids"])
+    device = local_device()
+    ids = shard_batch(mesh, batch["input_ids"]).to(device)
     mask = batch.get("attention_mask")
-    mask = None if mask is None else shard_batch(mesh, mask)
+    mask = None if mask is None else shard_batch(mesh, mask).to(device)
     if "labels" in batch:
-        labels = shard_batch(mesh, batch["labels"])
+        labels = shard_batch(mesh, batch["labels"]).to(device)
     else:
         labels = ids if mask is None else ids.masked_fill(mask == 0, IGNORE_INDEX)
     count = (labels[:, 1:] != IGNORE_INDEX).sum()
@@ -278,26 +279,29 @@ def _brief(value: Any) -> str:
 # Start-up
 
 
-def spawn(fn: Callable[..., Any], nprocs: int, *args: Any, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+def spawn(fn: Callable[..., Any], nprocs: int, *args: Any, timeout_s: float = DEFAULT_TIMEOUT_S,
+          backend: str | None = None) -> None:
     """Run fn(*args) in nprocs new processes on this machine, joined in one process group as torchrun
-    would join them (a free local port; one GPU each under NCCL, the CPU cores shared under gloo).
+    would join them (a free local port; one GPU each under NCCL, the CPU cores shared under gloo;
+    backend as initialize_distributed's).
     If one process fails, the others get a few seconds to report their own errors before they are
     stopped, and the failure is raised here."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    context = torch.multiprocessing.start_processes(_run_rank, args=(nprocs, port, timeout_s, fn, args),
+    context = torch.multiprocessing.start_processes(_run_rank, args=(nprocs, port, timeout_s, backend, fn, args),
                                                     nprocs=nprocs, join=False, start_method="spawn")
     while not context.join(grace_period=SPAWN_GRACE_S):
         pass
 
 
-def _run_rank(rank: int, world: int, port: int, timeout_s: float, fn: Callable[..., Any], args: tuple) -> None:
+def _run_rank(rank: int, world: int, port: int, timeout_s: float, backend: str | None, fn: Callable[..., Any],
+              args: tuple) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
+    initialize_distributed(timeout_s, backend)
+    if dist.get_backend() == "gloo" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    initialize_distributed(timeout_s)
     try:
         fn(*args)
     finally:
@@ -314,12 +318,12 @@ def distributed(timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[int]:
         dist.destroy_process_group()
 
 
-def initialize_distributed(timeout_s: float = DEFAULT_TIMEOUT_S) -> int:
+def initialize_distributed(timeout_s: float = DEFAULT_TIMEOUT_S, backend: str | None = None) -> int:
     """Join the job torchrun (or spawn) started and return its number of processes.
 
-    RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT come from the launcher; on GPUs each process takes
-    the device LOCAL_RANK and NCCL, on the CPU gloo. Collectives (and the wait for every rank to
-    arrive) fail after timeout_s.
+    RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT come from the launcher. backend None means NCCL
+    where there are GPUs (each process takes the one numbered LOCAL_RANK), else gloo; "gloo" keeps
+    the job on the CPU. Collectives (and the wait for every rank to arrive) fail after timeout_s.
     """
     if dist.is_initialized():
         return dist.get_world_size()
@@ -327,9 +331,13 @@ def initialize_distributed(timeout_s: float = DEFAULT_TIMEOUT_S) -> int:
     if missing:
         raise ValueError(f"{', '.join(missing)} not set: start the job with torchrun (or llama_torch.parallel.spawn)")
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(f"rank {rank} is local rank {local_rank} but this machine has "
+                             f"{torch.cuda.device_count()} GPUs: start at most one process per GPU")
+        torch.cuda.set_device(local_rank)
     try:
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     except (RuntimeError, dist.DistError) as error:

@@ -241,6 +241,8 @@ def run_model(model: Any, input_ids: Sequence[int]) -> Activations:
     """Run a Flax, llama_torch or transformers causal-LM on one row of ids; float32 numpy results."""
     backend = get_backend("flax" if hasattr(model, "params") else "torch")
     ids = backend.from_numpy(np.asarray(input_ids, dtype=np.int64)[None])
+    if backend.name == "torch":
+        ids = ids.to(model.device)  # a sharded torch twin computes on its rank's GPU
     with backend.inference():
         out = model(ids, output_hidden_states=True)
     to_numpy = lambda x: backend.to_numpy(x)[0].astype(np.float32)  # noqa: E731

@@ -67,6 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    parse_mesh(args.mesh)  # a malformed --mesh stops here, before any process starts
+    if args.nproc > 1 and args.backend != "torch":
+        print("llama-twin generate: --nproc starts torch processes (--backend torch); the Flax twin is sharded "
+              "over jax's devices by --mesh", file=sys.stderr)
+        return 2
     torch_job = args.backend == "torch" and (args.nproc > 1 or launched_by_torchrun())
     prompts = args.prompts
     if not prompts and torchrun_rank() == 0:
@@ -94,7 +99,7 @@ def generate_on_ranks(args: argparse.Namespace, prompts: list[str]) -> None:
     shared = [prompts]
     dist.broadcast_object_list(shared, src=0)
     prompts = shared[0]
-    check_same_settings({name: value for name, value in vars(args).items() if name not in ("prompts", "func")})
+    check_same_settings({name: value for name, value in vars(args).items() if name != "prompts"})
     if not prompts:
         raise ValueError("no prompt given (pass PROMPT arguments or lines on stdin of rank 0)")
     if args.quantize:

@@ -34,7 +34,7 @@ def one_process_job():
     env = dict(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
-    parallel.initialize_distributed(timeout_s=30)
+    parallel.initialize_distributed(timeout_s=30, backend="gloo")
     yield
     dist.destroy_process_group()
     for name, value in saved.items():
@@ -107,7 +107,7 @@ def test_a_rank_that_never_comes_is_an_error_after_the_timeout(monkeypatch):
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(free_port()))
     with pytest.raises(RuntimeError, match="rank 0 of 2: the job's 2 processes did not all join at 127.0.0.1"):
-        parallel.initialize_distributed(timeout_s=2)
+        parallel.initialize_distributed(timeout_s=2, backend="gloo")
     assert not dist.is_initialized()
 
 
