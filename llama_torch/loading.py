@@ -126,8 +126,9 @@ class PreTrainedModel(GenerationMixin, nn.Module):
         return model.eval()
 
     def load_checkpoint(self, checkpoint: Checkpoint, place: Callable[..., None] | None = None,
-                        progress: bool = True) -> None:
-        """Copy every tensor the model expects from the checkpoint, checking names and shapes.
+                        progress: bool = True) -> list[str]:
+        """Copy every tensor the model expects from the checkpoint, checking names and shapes; return
+        the names of the task-head parameters the checkpoint lacks, newly initialised.
 
         place(param, checkpoint, key) fills one parameter from a stored tensor; by default the tensor
         is read whole (llama_torch.parallel reads each rank's block of a sharded parameter, and shows
@@ -158,6 +159,7 @@ class PreTrainedModel(GenerationMixin, nn.Module):
             warnings.warn(f"{', '.join(fresh_heads)} not in the checkpoint: newly initialised, train before use",
                           stacklevel=3)
         self.tie_weights()
+        return fresh_heads
 
     def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int = DEFAULT_SHARD_SIZE) -> None:
         """Write config.json and safetensors that transformers (and the Flax twin) load unchanged."""

@@ -134,22 +134,34 @@ def from_pretrained_sharded(model_class: type[PreTrainedModel], path_or_repo_id:
     shard_model(model.to(target), mesh)
     model.to_empty(device=local_device())
     model.tie_weights()
-    agreed("loading the checkpoint", lambda: model.load_checkpoint(checkpoint, place_block, dist.get_rank() == 0))
+    fresh = agreed("loading the checkpoint", lambda: model.load_checkpoint(checkpoint, place_block,
+                                                                          dist.get_rank() == 0))
+    with torch.no_grad():
+        for name in fresh:  # each rank drew its own values for a new task head: take rank 0's
+            param = model.get_parameter(name)
+            whole = param.full_tensor() if isinstance(param, DTensor) else param.detach().clone()
+            dist.broadcast(whole, src=0)
+            local, index = local_block(param)
+            local.copy_(whole[index])
     model.generation_config = GenerationConfig.for_model(directory, config)
     return model.eval()
 
 
 def place_block(param: torch.Tensor, checkpoint: Checkpoint, key: str) -> None:
-    """Copy this rank's block of a stored tensor into a parameter (a DTensor's local shard, or a
-    parameter held whole), then drop the tensor's mapped pages."""
-    local, index = param, ()
-    if isinstance(param, DTensor):
-        local = param.to_local()
-        shape, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
-        index = tuple(slice(start, start + size) for start, size in zip(offset, shape))
+    """Copy this rank's block of a stored tensor into a parameter, then drop the tensor's mapped pages."""
+    local, index = local_block(param)
     if local.numel():
         local.copy_(to_torch(checkpoint.get(key)[index]))
     checkpoint.release(key)
+
+
+def local_block(param: torch.Tensor) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """(what this rank holds of a parameter, where that sits in the whole): a DTensor's local shard and
+    its slices, or a parameter held whole."""
+    if not isinstance(param, DTensor):
+        return param, ()
+    shape, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
+    return param.to_local(), tuple(slice(start, start + size) for start, size in zip(offset, shape))
 
 
 def save_pretrained_sharded(model: PreTrainedModel, directory: str | os.PathLike,

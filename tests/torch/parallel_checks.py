@@ -4,7 +4,7 @@ once for a whole batch of checks.
 
     python tests/torch/parallel_checks.py WORLD OUT_FILE CHECKPOINTS_JSON
 
-CHECKPOINTS_JSON maps names to tiny checkpoint folders: "mha" (4 heads, 4 kv heads, biases, vocab
+CHECKPOINTS_JSON maps names to tiny causal-LM checkpoint folders: "mha" (4 heads, 4 kv heads, biases, vocab
 130), "gqa" (8 heads, 4 kv heads, tied embeddings), "gqa_2kv" (4 heads, 2 kv heads), "mqa" (1 kv
 head), "sharded" (mha in several files) and "sharded_missing" (the same, one file gone; rank 1
 loads it), and "save_to", a folder for the saved models. Every rank compares what it computed against the one-process twin it loads itself, and
@@ -27,6 +27,7 @@ INFERENCE = {2: [("mha", (1, 1, 2)), ("gqa", (1, 1, 2)), ("gqa", (1, 2, 1))],
              4: [("mha", (1, 1, 4)), ("gqa", (1, 1, 4)), ("gqa", (1, 2, 2))]}
 TRAINING = {2: [("gqa", (1, 2, 1)), ("mha", (1, 1, 2))],
             4: [("gqa", (1, 4, 1)), ("gqa", (1, 2, 2)), ("mha", (2, 1, 2))]}
+NEW_HEAD = {2: [(1, 1, 2), (1, 2, 1)], 4: [(2, 1, 2)]}  # a sequence classifier loaded from a causal LM
 
 
 def main(argv: list[str]) -> int:
@@ -60,6 +61,8 @@ def run_checks(folders: dict[str, str], out_file: str) -> None:
     for case, shape in INFERENCE[world]:
         check_inference(results, folders[case], case, shape)
     check_sampling_agrees(results, folders["gqa"])
+    for shape in NEW_HEAD[world]:
+        check_new_head(results, folders["gqa"], shape)
     for case, shape in TRAINING[world]:
         check_train_step(results, folders[case], case, shape, os.path.join(folders["save_to"], f"{case}-{shape}"))
     check_errors(results, folders)
@@ -129,6 +132,35 @@ def check_sampling_agrees(results: list[dict], folder: str) -> None:
     report(results, "sampling without a seed agrees across ranks", all(t == everyone[0] for t in everyone))
 
 
+def check_new_head(results: list[dict], folder: str, shape: tuple[int, int, int]) -> None:
+    """A task head the checkpoint lacks is drawn once for all ranks (rank 0's), so every rank computes
+    the same scores, and with that head copied into the one-process twin, the same as it."""
+    import warnings
+
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    from llama_torch import LlamaForSequenceClassification, parallel
+
+    ids, mask = batch()
+    torch.manual_seed(1000 + dist.get_rank())  # ranks seeded apart, as training scripts often do
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "score.weight not in the checkpoint: newly initialised"
+        reference = LlamaForSequenceClassification.from_pretrained(folder)
+        mesh = parallel.make_mesh(*shape)
+        model = parallel.from_pretrained_sharded(LlamaForSequenceClassification, folder, mesh)
+    score = model.score.weight
+    with torch.no_grad():
+        reference.score.weight.copy_(score.full_tensor() if isinstance(score, DTensor) else score)
+        logits, expected = model(ids, attention_mask=mask).logits, reference(ids, attention_mask=mask).logits
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, logits.tolist())
+    diff = max_diff(logits, expected)
+    report(results, f"new score head {shape}", diff <= TOLERANCE and all(x == everyone[0] for x in everyone),
+           max_abs_diff=diff)
+
+
 def check_train_step(results: list[dict], folder: str, case: str, shape: tuple[int, int, int], save_to: str) -> None:
     """One AdamW step: the loss and every updated weight against one process on the whole batch; then
     the model saved (gathered on rank 0) and read back."""
@@ -155,7 +187,7 @@ def check_train_step(results: list[dict], folder: str, case: str, shape: tuple[i
                                        {"input_ids": ids, "attention_mask": mask})
     param_diff = max(max_diff(v.full_tensor() if isinstance(v, DTensor) else v, expected[k])
                      for k, v in model.state_dict().items())
-    loss_diff = abs(sharded_loss - float(loss))
+    loss_diff = abs(sharded_loss - loss.item())
     report(results, f"{case} {shape} train step", loss_diff <= TOLERANCE and param_diff <= TOLERANCE,
            loss_diff=loss_diff, param_max_abs_diff=param_diff)
     parallel.save_pretrained_sharded(model, save_to)

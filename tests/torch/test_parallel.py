@@ -196,7 +196,8 @@ def test_two_processes_equal_one(checkpoints, tmp_path):
     assert_all_ok(checks, 2, [
         "mha (1, 1, 2) logits", "mha (1, 1, 2) greedy generation", "gqa (1, 1, 2) logits",
         "gqa (1, 1, 2) greedy generation", "gqa (1, 2, 1) logits", "gqa (1, 2, 1) greedy generation",
-        "sampling without a seed agrees across ranks", "gqa (1, 2, 1) train step", "mha (1, 1, 2) train step",
+        "sampling without a seed agrees across ranks", "new score head (1, 1, 2)", "new score head (1, 2, 1)",
+        "gqa (1, 2, 1) train step", "mha (1, 1, 2) train step",
         "gqa (1, 2, 1) save gathered on rank 0", "mha (1, 1, 2) save gathered on rank 0",
         "mqa: kv heads not divisible by 2", "a shard file missing on rank 1", "ranks given different meshes",
         "ranks given different dtypes"])
@@ -208,6 +209,6 @@ def test_four_processes_equal_one(checkpoints, tmp_path):
     assert_all_ok(checks, 4, [
         "mha (1, 1, 4) logits", "mha (1, 1, 4) greedy generation", "gqa (1, 1, 4) logits",
         "gqa (1, 1, 4) greedy generation", "gqa (1, 2, 2) logits", "gqa (1, 2, 2) greedy generation",
-        "gqa (1, 4, 1) train step", "gqa (1, 2, 2) train step", "mha (2, 1, 2) train step",
+        "new score head (2, 1, 2)", "gqa (1, 4, 1) train step", "gqa (1, 2, 2) train step", "mha (2, 1, 2) train step",
         "gqa (1, 2, 2) save gathered on rank 0", "gqa_2kv: kv heads not divisible by 4",
         "a shard file missing on rank 1", "ranks given different meshes", "ranks given different dtypes"])

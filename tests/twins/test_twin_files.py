@@ -73,7 +73,7 @@ TORCH_ONLY = {
         "DEFAULT_TIMEOUT_S",  # torch.distributed collectives wait until a timeout; XLA's collectives have none to set
         "SPAWN_GRACE_S",  # how long spawned processes may take to report their errors
         "local_device",  # one process per device (jax places global arrays itself)
-        "place_block",  # the loader's per-tensor copy (Flax's is a callback inside from_pretrained_sharded)
+        "place_block", "local_block",  # the loader's per-tensor copy (Flax's is a callback inside from_pretrained_sharded)
         "save_pretrained_sharded",  # jax gathers a sharded param tree for save_pretrained by itself
         "train_step",  # torch has no trainer: one step on a sharded model (Flax: Trainer and jit_train_step)
         # Each torch rank runs its own program, so ranks compare launch settings and failures (an
