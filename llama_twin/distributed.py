@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import jax
@@ -21,8 +22,6 @@ import torch.multiprocessing
 from llama_flax import FlaxLlamaForCausalLM
 from llama_flax import parallel as flax_parallel
 from llama_torch import LlamaForCausalLM
-from llama_torch import parallel as torch_parallel
-from llama_torch.parallel import DEFAULT_TIMEOUT_S
 
 DEFAULT_MESH = "1,1,-1"  # tensor parallel over every process / device
 
@@ -36,9 +35,17 @@ def add_sharding_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how a sharded twin is split: the torch twin over its processes, the Flax twin over "
                              f"jax's devices when there are several; -1 takes the rest (default: {DEFAULT_MESH}, "
                              "tensor parallel)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
-                        help="how long a torch process waits for the others before failing "
-                             f"(default: {DEFAULT_TIMEOUT_S:g})")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="how long a torch process waits for the others before failing (default: "
+                             "llama_torch.parallel.DEFAULT_TIMEOUT_S, 600)")
+
+
+def torch_parallel() -> ModuleType:
+    """llama_torch.parallel, imported on first use: torch.distributed's tensor and FSDP modules take a
+    second to import and need torch 2.6, which commands that shard nothing should not ask for."""
+    from llama_torch import parallel
+
+    return parallel
 
 
 def parse_mesh(text: str) -> tuple[int, int, int]:
@@ -67,12 +74,14 @@ def torch_world_size(nproc: int) -> int:
     return int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else nproc
 
 
-def run_torch_job(command: str, fn: Callable[..., Any], nproc: int, *args: Any, timeout_s: float) -> bool:
+def run_torch_job(command: str, fn: Callable[..., Any], nproc: int, *args: Any, timeout_s: float | None) -> bool:
     """fn(*args) on every rank of a torch job: this process's rank under torchrun, else nproc
-    processes spawned here. A rank whose fn fails on bad input prints `llama-twin COMMAND (rank R of
-    N): message` on stderr; False when the job failed."""
+    processes spawned here (timeout_s None: llama_torch.parallel's default). A rank whose fn fails on
+    bad input prints `llama-twin COMMAND (rank R of N): message` on stderr; False when the job failed."""
+    parallel = torch_parallel()
+    timeout_s = parallel.DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
     if launched_by_torchrun():
-        with torch_parallel.distributed(timeout_s):
+        with parallel.distributed(timeout_s):
             try:
                 _report_errors(command, fn, args)
             except SystemExit:
@@ -81,7 +90,7 @@ def run_torch_job(command: str, fn: Callable[..., Any], nproc: int, *args: Any, 
             torch.cuda.empty_cache()  # rank 0 may run the Flax twin next, on the same GPUs
         return True
     try:
-        torch_parallel.spawn(_report_errors, nproc, command, fn, args, timeout_s=timeout_s)
+        parallel.spawn(_report_errors, nproc, command, fn, args, timeout_s=timeout_s)
     except (torch.multiprocessing.ProcessExitedException, torch.multiprocessing.ProcessRaisedException) as error:
         print(f"llama-twin {command}: the torch job of {nproc} processes failed: {str(error).strip().splitlines()[0]}",
               file=sys.stderr)
@@ -102,8 +111,8 @@ def load_torch(model_dir: str, mesh_sizes: tuple[int, int, int], dtype: str) -> 
     """The torch twin on this rank: sharded over the job's mesh, or the plain model in a job of one."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return LlamaForCausalLM.from_pretrained(model_dir, dtype=dtype)
-    mesh = torch_parallel.make_mesh(*mesh_sizes)
-    return torch_parallel.from_pretrained_sharded(LlamaForCausalLM, model_dir, mesh, dtype=dtype)
+    parallel = torch_parallel()
+    return parallel.from_pretrained_sharded(LlamaForCausalLM, model_dir, parallel.make_mesh(*mesh_sizes), dtype=dtype)
 
 
 def load_flax(model_dir: str, mesh_sizes: tuple[int, int, int], dtype: str) -> tuple[FlaxLlamaForCausalLM, Any]:

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from llama_shared.checkpoints import Checkpoint
 from llama_shared.config import LlamaConfig
 from llama_twin.backends import BACKENDS, get_backend
+from llama_twin.distributed import load_torch, torch_parallel
 
 IMPLEMENTATIONS = ("flax", "torch", "transformers")
 # Default tolerance on a layer's max abs difference, scaled by max(1, the reference's max |value|):
@@ -286,11 +287,7 @@ def torch_activations_on_ranks(model_dir: str, input_ids: Sequence[int], dtype: 
                                mesh_sizes: tuple[int, int, int], out_file: str) -> None:
     """On every rank of a torch job: run the torch twin sharded over the job's mesh; rank 0 writes
     the activations to out_file (read back with load_activations)."""
-    # Imported here: torch.distributed's tensor and FSDP modules add a second to `import llama_twin`.
-    from llama_torch.parallel import check_same_settings
-    from llama_twin.distributed import load_torch
-
-    check_same_settings({"input_ids": list(input_ids), "dtype": dtype, "mesh": tuple(mesh_sizes)})
+    torch_parallel().check_same_settings({"input_ids": list(input_ids), "dtype": dtype, "mesh": tuple(mesh_sizes)})
     activations = run_model(load_torch(model_dir, mesh_sizes, dtype), input_ids)
     if dist.get_rank() == 0:
         np.savez(out_file, logits=activations.logits, *activations.hidden_states)

@@ -29,12 +29,10 @@ from llama_shared.checkpoints import resolve_model_dir
 from llama_shared.errors import LlamaTwinError
 from llama_shared.streaming import TextStreamer
 from llama_shared.tokenizers import AutoTokenizer
-from llama_torch import parallel as torch_parallel
-from llama_torch.parallel import check_same_settings
 from llama_twin.backends import Backend, get_backend
 from llama_twin.demo import demo_model_dir
 from llama_twin.distributed import (add_sharding_arguments, launched_by_torchrun, load_flax, load_torch, parse_mesh,
-                                    run_torch_job, torchrun_rank)
+                                    run_torch_job, torch_parallel, torchrun_rank)
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
@@ -99,14 +97,14 @@ def generate_on_ranks(args: argparse.Namespace, prompts: list[str]) -> None:
     shared = [prompts]
     dist.broadcast_object_list(shared, src=0)
     prompts = shared[0]
-    check_same_settings({name: value for name, value in vars(args).items() if name != "prompts"})
+    torch_parallel().check_same_settings({name: value for name, value in vars(args).items() if name != "prompts"})
     if not prompts:
         raise ValueError("no prompt given (pass PROMPT arguments or lines on stdin of rank 0)")
     if args.quantize:
         raise ValueError("--quantize loads a model on one process; run without --nproc or torchrun to quantize")
     directory = demo_model_dir() if args.model is None else resolve_model_dir(args.model)
     model = load_torch(str(directory), parse_mesh(args.mesh), args.dtype)
-    generate = partial(torch_parallel.generate, model)
+    generate = partial(torch_parallel().generate, model)
     generate_all(model, AutoTokenizer.from_pretrained(directory), get_backend("torch"), prompts, args, generate,
                  main_process=dist.get_rank() == 0)
 
