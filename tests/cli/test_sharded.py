@@ -1,6 +1,7 @@
 """`llama-twin parity` and `generate` with the twins sharded: the torch twin over 2 gloo processes
 (spawned with --nproc, or started by torchrun), the Flax twin over 8 simulated CPU devices; each
-against the unsharded run. Subprocesses, since XLA_FLAGS must be set before jax starts."""
+against the unsharded run. Subprocesses, since XLA_FLAGS must be set before jax starts; a torch
+process waits at most 60 s for the others, so a broken run fails instead of hanging."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def test_parity_of_sharded_twins_matches_the_unsharded_report(hf_checkpoint):
     from llama_twin.parity import parity_report
 
     checkpoint = hf_checkpoint(num_hidden_layers=4)
-    result = run_cli("parity", checkpoint, "--backends", "flax", "torch", "--nproc", "2", devices=8)
+    result = run_cli("parity", checkpoint, "--backends", "flax", "torch", "--nproc", "2", "--timeout", "60", devices=8)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "torch: sharded over 2 processes, mesh 1,1,-1" in result.stdout
     assert "flax: sharded over 8 devices, mesh (data, fsdp, tensor) = (1, 1, 8)" in result.stdout
@@ -56,7 +57,8 @@ def test_parity_of_sharded_twins_matches_the_unsharded_report(hf_checkpoint):
 
 def test_generate_under_torchrun_prints_what_one_process_does(model_folder_with_tokenizer, tmp_path, capsys):
     folder = str(model_folder_with_tokenizer(tmp_path / "model"))
-    args = ["generate", "-m", folder, "--backend", "torch", "--greedy", "--max-new-tokens", "8", "The quick brown fox"]
+    args = ["generate", "-m", folder, "--backend", "torch", "--greedy", "--max-new-tokens", "8", "--timeout", "60",
+            "The quick brown fox"]
     assert cli_main(args) == 0
     expected = capsys.readouterr().out
     with socket.socket() as s:
@@ -70,7 +72,7 @@ def test_generate_under_torchrun_prints_what_one_process_does(model_folder_with_
 
 def test_a_tensor_size_that_splits_a_head_fails_on_every_rank(hf_checkpoint):
     result = run_cli("generate", "-m", hf_checkpoint(num_key_value_heads=1), "--backend", "torch", "--nproc", "2",
-                     "hello")
+                     "--timeout", "60", "hello")
     assert result.returncode == 1
     for rank in (0, 1):
         assert f"llama-twin generate (rank {rank} of 2): opening the checkpoint, on every rank: tensor parallelism " \
