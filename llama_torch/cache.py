@@ -11,12 +11,13 @@ class KVCache:
     """Keys and values of every layer, written in place at the given cache slots.
 
     Fixed shapes and in-place index_copy_ let torch.compile capture a decode step once; K/V keep
-    their kv heads (never repeated for GQA).
+    their kv heads (never repeated for GQA). kv_heads is how many this process holds: all of them,
+    or a tensor-parallel rank's share (the cache is then sharded by heads, as the k/v projections are).
     """
 
     def __init__(self, config: LlamaConfig, batch_size: int, max_length: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
-        shape = (batch_size, max_length, config.num_key_value_heads, config.head_dim)
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", kv_heads: int | None = None):
+        shape = (batch_size, max_length, kv_heads or config.num_key_value_heads, config.head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
 

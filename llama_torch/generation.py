@@ -154,7 +154,7 @@ class GenerationMixin:
         return getattr(self, "generation_config", None) or GenerationConfig.from_model_config(self.config)
 
     def can_generate(self) -> bool:
-        return can_generate(type(self).__name__)
+        return can_generate(self.architecture)
 
     @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
@@ -244,17 +244,23 @@ class GenerationMixin:
 
     def _decode_cache(self, batch: int, length: int, compiled: bool) -> KVCache:
         """A zeroed cache; the compiled path reuses one per shape so its CUDA graph keeps its addresses."""
+        kv_heads = self._held_kv_heads()
         if not compiled:
-            return KVCache(self.config, batch, length, self.dtype, self.device)
+            return KVCache(self.config, batch, length, self.dtype, self.device, kv_heads)
         caches = self.__dict__.setdefault("_static_caches", {})
         key = (batch, length, self.dtype, self.device)
         if key not in caches:
-            cache = KVCache(self.config, batch, length, self.dtype, self.device)
+            cache = KVCache(self.config, batch, length, self.dtype, self.device, kv_heads)
             for tensor in (*cache.keys, *cache.values):
                 torch._dynamo.mark_static_address(tensor)
             caches[key] = cache
         caches[key].reset()
         return caches[key]
+
+    def _held_kv_heads(self) -> int:
+        """Key/value heads this process computes: all, or its share under tensor parallelism
+        (llama_torch.sharding sets each attention module's count)."""
+        return next(module.num_kv_heads for module in self.modules() if hasattr(module, "num_kv_heads"))
 
     def _decode_step_fn(self, compiled: bool) -> Any:
         """decode_step, compiled once per model when asked: CUDA graphs on a GPU, frozen weights on the

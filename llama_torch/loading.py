@@ -6,8 +6,11 @@ model built on the meta device, so loading never holds two copies of the model.
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 import warnings
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -20,7 +23,7 @@ from llama_shared.config import LlamaConfig
 from llama_shared.errors import CheckpointError
 from llama_shared.generation import GenerationConfig
 from llama_shared.naming import check_shape, checkpoint_key_map
-from llama_shared.progress import byte_progress
+from llama_shared.progress import QUIET_BELOW, byte_progress
 from llama_shared.quantization import QuantizationConfig, checkpoint_metadata, config_quantization, open_for_loading
 from llama_torch.generation import TOKEN_IDS_CHECKED, GenerationMixin
 from llama_torch.quantization import replace_linears
@@ -81,6 +84,11 @@ class PreTrainedModel(GenerationMixin, nn.Module):
             raise ValueError(f"input_ids holds token id {bad}, outside the vocabulary [0, {self.config.vocab_size})")
 
     @property
+    def architecture(self) -> str:
+        """The transformers class this model is (FSDP2 makes a sharded model's class a subclass of it)."""
+        return next(c.__name__ for c in type(self).__mro__ if PreTrainedModel in c.__bases__)
+
+    @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
@@ -117,15 +125,23 @@ class PreTrainedModel(GenerationMixin, nn.Module):
         model.generation_config = GenerationConfig.for_model(directory, config)
         return model.eval()
 
-    def load_checkpoint(self, checkpoint: Checkpoint) -> None:
-        """Copy every tensor the model expects from the checkpoint, checking names and shapes."""
+    def load_checkpoint(self, checkpoint: Checkpoint, place: Callable[..., None] | None = None,
+                        progress: bool = True) -> list[str]:
+        """Copy every tensor the model expects from the checkpoint, checking names and shapes; return
+        the names of the task-head parameters the checkpoint lacks, newly initialised.
+
+        place(param, checkpoint, key) fills one parameter from a stored tensor; by default the tensor
+        is read whole (llama_torch.parallel reads each rank's block of a sharded parameter, and shows
+        the progress bar on rank 0 only).
+        """
+        place = place or _read_whole
         params = self.state_dict(keep_vars=True)
         tied = {"lm_head.weight"} if self.config.tie_word_embeddings else set()
         wanted = [k for k in params if k not in tied]
         key_map = checkpoint_key_map(wanted, checkpoint.keys(), self.base_prefix)
         fresh_heads = []
         sizes = ((name, tensor_nbytes(checkpoint, key_map[name]) if key_map[name] else 0) for name in wanted)
-        for name in byte_progress(sizes, f"loading {checkpoint.directory}"):
+        for name in byte_progress(sizes, f"loading {checkpoint.directory}", QUIET_BELOW if progress else math.inf):
             source = key_map[name]
             if source is None:
                 if name.split(".")[0] in HEAD_MODULES:
@@ -134,7 +150,7 @@ class PreTrainedModel(GenerationMixin, nn.Module):
                 raise CheckpointError(f"tensor {name!r} is missing from the checkpoint at {checkpoint.directory}")
             check_shape(source, checkpoint.shape(source), tuple(params[name].shape), checkpoint.directory)
             with torch.no_grad():
-                params[name].copy_(to_torch(checkpoint.read(source)))
+                place(params[name], checkpoint, source)
         if fresh_heads:
             with torch.no_grad():
                 for name in fresh_heads:
@@ -143,16 +159,34 @@ class PreTrainedModel(GenerationMixin, nn.Module):
             warnings.warn(f"{', '.join(fresh_heads)} not in the checkpoint: newly initialised, train before use",
                           stacklevel=3)
         self.tie_weights()
+        return fresh_heads
 
     def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int = DEFAULT_SHARD_SIZE) -> None:
         """Write config.json and safetensors that transformers (and the Flax twin) load unchanged."""
-        os.makedirs(directory, exist_ok=True)
-        state = {k: v for k, v in self.state_dict().items()
-                 if not (self.config.tie_word_embeddings and k == "lm_head.weight")}
-        dtype_name = str(self.dtype).removeprefix("torch.")
-        self.config.replace(torch_dtype=dtype_name, architectures=[type(self).__name__]).save_pretrained(directory)
+        state = self.state_to_save()
+        # A sharded model holds DTensors; importing their module costs a second, so look only when loaded.
+        dtensor = sys.modules.get("torch.distributed.tensor")
+        if dtensor is not None and any(isinstance(v, dtensor.DTensor) for v in state.values()):
+            raise ValueError(f"this {self.architecture} is sharded over processes: save it with "
+                             f"llama_torch.parallel.save_pretrained_sharded, which gathers it into one folder")
         specs = {k: (tuple(v.shape), to_numpy(v.reshape(-1)[:1]).dtype) for k, v in state.items()}
-        write_checkpoint(directory, specs, ((k, to_numpy(v)) for k, v in state.items()), max_shard_size,
-                         checkpoint_metadata(self.config))
+        self.write_pretrained(directory, specs, ((k, to_numpy(v)) for k, v in state.items()), max_shard_size)
+
+    def state_to_save(self) -> dict[str, torch.Tensor]:
+        """The state dict as a Hugging Face folder holds it: without lm_head.weight when tied."""
+        return {k: v for k, v in self.state_dict().items()
+                if not (self.config.tie_word_embeddings and k == "lm_head.weight")}
+
+    def write_pretrained(self, directory: str | os.PathLike, specs: dict[str, tuple[tuple[int, ...], np.dtype]],
+                         tensors: Iterable[tuple[str, np.ndarray]], max_shard_size: int = DEFAULT_SHARD_SIZE) -> None:
+        """config.json, generation_config.json and the tensors (streamed in the order of specs) into directory."""
+        os.makedirs(directory, exist_ok=True)
+        dtype_name = str(self.dtype).removeprefix("torch.")
+        self.config.replace(torch_dtype=dtype_name, architectures=[self.architecture]).save_pretrained(directory)
+        write_checkpoint(directory, specs, tensors, max_shard_size, checkpoint_metadata(self.config))
         if self.can_generate():
             self.generation_defaults().save_pretrained(directory)
+
+
+def _read_whole(param: torch.Tensor, checkpoint: Checkpoint, key: str) -> None:
+    param.copy_(to_torch(checkpoint.read(key)))

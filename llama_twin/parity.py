@@ -17,10 +17,12 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from llama_shared.checkpoints import Checkpoint
 from llama_shared.config import LlamaConfig
 from llama_twin.backends import BACKENDS, get_backend
+from llama_twin.distributed import load_torch, torch_parallel
 
 IMPLEMENTATIONS = ("flax", "torch", "transformers")
 # Default tolerance on a layer's max abs difference, scaled by max(1, the reference's max |value|):
@@ -240,6 +242,8 @@ def run_model(model: Any, input_ids: Sequence[int]) -> Activations:
     """Run a Flax, llama_torch or transformers causal-LM on one row of ids; float32 numpy results."""
     backend = get_backend("flax" if hasattr(model, "params") else "torch")
     ids = backend.from_numpy(np.asarray(input_ids, dtype=np.int64)[None])
+    if backend.name == "torch":
+        ids = ids.to(model.device)  # a sharded torch twin computes on its rank's GPU
     with backend.inference():
         out = model(ids, output_hidden_states=True)
     to_numpy = lambda x: backend.to_numpy(x)[0].astype(np.float32)  # noqa: E731
@@ -253,18 +257,44 @@ def available_backends() -> list[str]:
 
 def parity_report(model_dir: str | os.PathLike, input_ids: Sequence[int], dtype: str = "float32",
                   tolerance: float | None = None, backends: Sequence[str] | None = None,
-                  models: dict[str, Any] | None = None) -> ParityReport:
+                  models: dict[str, Any] | None = None,
+                  activations: dict[str, Activations] | None = None) -> ParityReport:
     """Load the checkpoint in each backend (or use the given model objects), run the ids, compare all
     pairs; the checkpoint's final norm and head read every layer out as next-token distributions.
 
-    ``models`` maps a name to an already-built model (e.g. one with edited weights); those run instead
-    of loading that backend.
+    ``models`` maps a name to an already-built model (e.g. one with edited weights, or one sharded
+    over a mesh); those run instead of loading that backend. ``activations`` maps a name to what an
+    implementation computed elsewhere (the torch twin over several processes), compared as given.
+    Names that are not backends come first, then the backends in order.
     """
     if dtype not in DEFAULT_TOLERANCE:
         raise ValueError(f"dtype must be one of {sorted(DEFAULT_TOLERANCE)}, got {dtype!r}")
-    models = dict(models or {})
-    for backend in backends or available_backends():
-        if backend not in models:
-            models[backend] = load_model(backend, model_dir, dtype)
-    activations = {name: run_model(model, input_ids) for name, model in models.items()}
-    return compare_all(activations, dtype, tolerance, Readout.from_checkpoint(model_dir))
+    models, given = dict(models or {}), dict(activations or {})
+    backends = list(backends or available_backends())
+    order = [name for name in [*models, *given] if name not in backends] + backends
+    computed = {}
+    for name in order:
+        if name not in given and name not in models:
+            models[name] = load_model(name, model_dir, dtype)
+        computed[name] = given[name] if name in given else run_model(models[name], input_ids)
+    return compare_all(computed, dtype, tolerance, Readout.from_checkpoint(model_dir))
+
+
+# ---- the torch twin over several processes ------------------------------------------------------
+
+
+def torch_activations_on_ranks(model_dir: str, input_ids: Sequence[int], dtype: str,
+                               mesh_sizes: tuple[int, int, int], out_file: str) -> None:
+    """On every rank of a torch job: run the torch twin sharded over the job's mesh; rank 0 writes
+    the activations to out_file (read back with load_activations)."""
+    torch_parallel().check_same_settings({"input_ids": list(input_ids), "dtype": dtype, "mesh": tuple(mesh_sizes)})
+    activations = run_model(load_torch(model_dir, mesh_sizes, dtype), input_ids)
+    if dist.get_rank() == 0:
+        np.savez(out_file, logits=activations.logits, *activations.hidden_states)
+
+
+def load_activations(path: str | os.PathLike) -> Activations:
+    """Activations written by torch_activations_on_ranks."""
+    with np.load(path) as saved:
+        hidden = [saved[f"arr_{i}"] for i in range(len(saved.files) - 1)]
+        return Activations(hidden, saved["logits"])

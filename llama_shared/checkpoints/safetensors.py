@@ -8,6 +8,7 @@ raw little-endian bytes), which gives what the library calls do not: bfloat16 as
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 from collections.abc import Iterable, Iterator, Mapping
@@ -51,7 +52,8 @@ class SafetensorsFile:
         if self._data_start + end > size:
             raise CheckpointError(f"{self.path} is truncated: its header describes {self._data_start + end} "
                                   f"bytes but the file has {size}")
-        self._map: np.memmap | None = None
+        self._mmap: mmap.mmap | None = None
+        self._map: np.ndarray | None = None
 
     def keys(self) -> list[str]:
         return list(self._entries)
@@ -69,10 +71,24 @@ class SafetensorsFile:
         """The tensor as a read-only view of the mapped file (no copy until it is used)."""
         entry = self._entry(key)
         if self._map is None:
-            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+            with open(self.path, "rb") as f:
+                self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._map = np.frombuffer(self._mmap, dtype=np.uint8)
         begin, end = entry["data_offsets"]
         raw = self._map[self._data_start + begin:self._data_start + end]
         return raw.view(DTYPES[entry["dtype"]]).reshape(entry["shape"])
+
+    def release(self, key: str) -> None:
+        """Drop the tensor's mapped pages from this process's resident memory (they stay in the page
+        cache; get reads them again on use): a process that copies a block out of each tensor then
+        holds its blocks only, not every page it touched. A no-op where madvise is missing."""
+        if self._mmap is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        begin, end = self._entry(key)["data_offsets"]
+        start = self._data_start + begin
+        aligned = start - start % mmap.PAGESIZE
+        if end > begin:
+            self._mmap.madvise(mmap.MADV_DONTNEED, aligned, self._data_start + end - aligned)
 
     def read(self, key: str) -> np.ndarray:
         """The tensor as a private copy read from disk, no mapping kept: a pass over a model larger
@@ -138,6 +154,10 @@ class Checkpoint:
 
     def get(self, key: str) -> np.ndarray:
         return self._file_for(key).get(key)
+
+    def release(self, key: str) -> None:
+        """Drop the tensor's mapped pages from resident memory (see SafetensorsFile.release)."""
+        self._file_for(key).release(key)
 
     def read(self, key: str) -> np.ndarray:
         """A private copy of the tensor read from disk (see SafetensorsFile.read)."""

@@ -5,14 +5,25 @@
 
 Without --model the embedded demo model is used. After each reply a closing line on stderr gives
 the new tokens, tokens/s after the first token, the time to the first token and the compile time.
+A model larger than one device runs sharded: --backend torch over several processes (--nproc N, or
+started by torchrun), --backend flax over jax's devices when there are several, split by --mesh.
+
+    llama-twin generate -m MODEL "Once upon a time" --backend torch --nproc 4
+    torchrun --nproc-per-node 8 -m llama_twin.cli generate -m MODEL "Once upon a time" --backend torch
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
+import jax
 import numpy as np
+import torch.distributed as dist
 
 from llama_shared.checkpoints import resolve_model_dir
 from llama_shared.errors import LlamaTwinError
@@ -20,6 +31,8 @@ from llama_shared.streaming import TextStreamer
 from llama_shared.tokenizers import AutoTokenizer
 from llama_twin.backends import Backend, get_backend
 from llama_twin.demo import demo_model_dir
+from llama_twin.distributed import (add_sharding_arguments, launched_by_torchrun, load_flax, load_torch, parse_mesh,
+                                    run_torch_job, torch_parallel, torchrun_rank)
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
@@ -48,42 +61,86 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="makes sampling reproducible")
     parser.add_argument("--no-stream", dest="stream", action="store_false",
                         help="print each reply when it is complete")
+    add_sharding_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    prompts = args.prompts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    if not prompts:
+    parse_mesh(args.mesh)  # a malformed --mesh stops here, before any process starts
+    if args.nproc > 1 and args.backend != "torch":
+        print("llama-twin generate: --nproc starts torch processes (--backend torch); the Flax twin is sharded "
+              "over jax's devices by --mesh", file=sys.stderr)
+        return 2
+    torch_job = args.backend == "torch" and (args.nproc > 1 or launched_by_torchrun())
+    prompts = args.prompts
+    if not prompts and torchrun_rank() == 0:
+        prompts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not prompts and not launched_by_torchrun():
         print("llama-twin generate: no prompt given (pass PROMPT arguments or lines on stdin)", file=sys.stderr)
         return 2
+    if torch_job:
+        return 0 if run_torch_job("generate", generate_on_ranks, args.nproc, args, prompts,
+                                  timeout_s=args.timeout) else 1
     try:
         backend = get_backend(args.backend)
-        model, tokenizer = _load(backend, args)
-        max_new_tokens = args.max_new_tokens or model.generation_defaults().max_new_tokens or DEFAULT_MAX_NEW_TOKENS
-        sampling = dict(max_new_tokens=max_new_tokens, min_new_tokens=args.min_new_tokens,
-                        do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                        min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
-        for prompt in prompts:
-            ids = _encode(tokenizer, prompt, args)
-            pieces = []
-            streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True,
-                                    on_text=_write if args.stream else pieces.append)
-            stats = {}
-            model.generate(backend.from_numpy(np.asarray([ids], np.int64)), streamer=streamer, stats=stats, **sampling)
-            if not args.stream:
-                _write("".join(pieces))
-            _write("\n")
-            print(_closing_line(stats), file=sys.stderr, flush=True)
+        model, tokenizer, mesh = _load(backend, args)
+        with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+            generate_all(model, tokenizer, backend, prompts, args, model.generate, main_process=True)
     except (LlamaTwinError, FileNotFoundError) as e:
         print(f"llama-twin generate: {e}", file=sys.stderr)
         return 1
     return 0
 
 
-def _load(backend: Backend, args: argparse.Namespace) -> tuple:
+def generate_on_ranks(args: argparse.Namespace, prompts: list[str]) -> None:
+    """On every rank of a torch job: the sharded torch twin generates each prompt (rank 0's prompts,
+    its stdin included); rank 0 prints."""
+    shared = [prompts]
+    dist.broadcast_object_list(shared, src=0)
+    prompts = shared[0]
+    torch_parallel().check_same_settings({name: value for name, value in vars(args).items() if name != "prompts"})
+    if not prompts:
+        raise ValueError("no prompt given (pass PROMPT arguments or lines on stdin of rank 0)")
+    if args.quantize:
+        raise ValueError("--quantize loads a model on one process; run without --nproc or torchrun to quantize")
     directory = demo_model_dir() if args.model is None else resolve_model_dir(args.model)
+    model = load_torch(str(directory), parse_mesh(args.mesh), args.dtype)
+    generate = partial(torch_parallel().generate, model)
+    generate_all(model, AutoTokenizer.from_pretrained(directory), get_backend("torch"), prompts, args, generate,
+                 main_process=dist.get_rank() == 0)
+
+
+def generate_all(model: Any, tokenizer: Any, backend: Backend, prompts: list[str], args: argparse.Namespace,
+                 generate: Callable[..., Any], main_process: bool) -> None:
+    """Each prompt through generate(ids, streamer=..., stats=..., **sampling), streamed (or printed
+    whole) with its closing line, by the main process."""
+    max_new_tokens = args.max_new_tokens or model.generation_defaults().max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    sampling = dict(max_new_tokens=max_new_tokens, min_new_tokens=args.min_new_tokens,
+                    do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                    min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+    for prompt in prompts:
+        ids = _encode(tokenizer, prompt, args)
+        pieces = []
+        streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True,
+                                on_text=_write if args.stream else pieces.append)
+        stats = {}
+        generate(backend.from_numpy(np.asarray([ids], np.int64)), streamer=streamer, stats=stats, **sampling)
+        if main_process:
+            if not args.stream:
+                _write("".join(pieces))
+            _write("\n")
+            print(_closing_line(stats), file=sys.stderr, flush=True)
+
+
+def _load(backend: Backend, args: argparse.Namespace) -> tuple:
+    """(model, tokenizer, mesh): the Flax twin sharded over jax's devices when there are several and
+    no quantization is asked for; otherwise one model on one device and no mesh."""
+    directory = demo_model_dir() if args.model is None else resolve_model_dir(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    if backend.name == "flax" and not args.quantize:
+        model, mesh = load_flax(str(directory), parse_mesh(args.mesh), args.dtype)
+        return model, tokenizer, mesh
     extra = {"quantization": args.quantize} if args.quantize else {}
-    model = backend.causal_lm.from_pretrained(directory, dtype=args.dtype, **extra)
-    return model, AutoTokenizer.from_pretrained(directory)
+    return backend.causal_lm.from_pretrained(directory, dtype=args.dtype, **extra), tokenizer, None
 
 
 def _encode(tokenizer, prompt: str, args: argparse.Namespace) -> list[int]:

@@ -21,6 +21,7 @@ from llama_flax import FlaxLlamaForCausalLM, parallel
 from llama_flax.training import TrainConfig, Trainer, token_batches
 from llama_shared.checkpoints import resolve_model_dir
 from llama_shared.tokenizers import TOKENIZER_FILES, AutoTokenizer
+from llama_twin.distributed import parse_mesh
 
 REMAT_CHOICES = ("none", "full", "dots_saveable")
 
@@ -61,17 +62,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="join a multi-host job (jax.distributed, from JAX_COORDINATOR_ADDRESS, "
                              "JAX_NUM_PROCESSES, JAX_PROCESS_ID or the cluster's own environment)")
     parser.add_argument("--log-every", type=int, default=10, help="print a log line every N steps (default: 10)")
-
-
-def parse_mesh(text: str) -> tuple[int, int, int]:
-    """'1,-1,1' -> (1, -1, 1)."""
-    try:
-        sizes = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        sizes = ()
-    if len(sizes) != 3:
-        raise SystemExit(f"--mesh {text!r}: expected three comma-separated sizes DATA,FSDP,TENSOR")
-    return sizes
 
 
 def run(args: argparse.Namespace) -> int:
