@@ -23,7 +23,8 @@ from llama_flax.generation import GenerationMixin
 from llama_flax.quantization import quantize
 from llama_shared import layout
 from llama_shared.checkpoints import (DEFAULT_SHARD_SIZE, INDEX_FILE, SINGLE_FILE, Checkpoint, requested_dtype,
-                                     resolve_model_dir, tensor_nbytes, write_checkpoint)
+                                     tensor_nbytes, write_checkpoint)
+from llama_shared.checkpoints.model_files import open_model_files
 from llama_shared.config import LlamaConfig
 from llama_shared.errors import CheckpointError
 from llama_shared.generation import GenerationConfig
@@ -113,21 +114,23 @@ class FlaxPreTrainedModel(GenerationMixin):
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, dtype: Any = None, param_dtype: Any = None,
                         config: LlamaConfig | None = None, quantization: str | QuantizationConfig | None = None,
-                        group_size: int | None = None, **config_overrides: Any) -> "FlaxPreTrainedModel":
-        """Load a Hugging Face folder (config.json + safetensors, or flax_model.msgpack) or hub repo id.
+                        group_size: int | None = None, gguf_file: str | None = None,
+                        **config_overrides: Any) -> "FlaxPreTrainedModel":
+        """Load a Hugging Face folder (config.json + safetensors, or flax_model.msgpack) or hub repo id;
+        with gguf_file, that GGUF file in the folder or repo (config from its metadata, tensors
+        dequantized to float32).
 
         dtype is the compute dtype and, unless param_dtype says otherwise, the params' dtype.
         quantization "int8" or "int4" (group_size 32, 64 or 128; default 128) quantizes the linear
         layers tensor by tensor as they load; a quantized checkpoint loads as it was saved.
         """
-        directory = resolve_model_dir(path_or_repo_id)
-        if config is None:
-            config = LlamaConfig.from_pretrained(directory, **config_overrides)
+        directory, config, gguf = open_model_files(path_or_repo_id, gguf_file, config, config_overrides)
         dtype = resolve_dtype(dtype, config)
-        has_safetensors = any(os.path.exists(os.path.join(directory, f)) for f in (SINGLE_FILE, INDEX_FILE))
+        has_safetensors = gguf is not None or any(os.path.exists(os.path.join(directory, f))
+                                                  for f in (SINGLE_FILE, INDEX_FILE))
         from_msgpack = not has_safetensors and os.path.exists(os.path.join(directory, MSGPACK_FILE))
         if not from_msgpack:
-            config, checkpoint = open_for_loading(Checkpoint(directory), config, quantization, group_size,
+            config, checkpoint = open_for_loading(gguf or Checkpoint(directory), config, quantization, group_size,
                                                   np.dtype(param_dtype or dtype))
         model = cls.without_params(config, dtype, param_dtype)
         if from_msgpack:
