@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from llama_shared.checkpoints.hub import resolve_model_dir
-from llama_shared.checkpoints.pagecache import read_tensor
+from llama_shared.checkpoints.pagecache import read_into, read_tensor
 from llama_shared.config import LlamaConfig
 from llama_shared.errors import CheckpointError
 from llama_shared.naming import causal_lm_shapes, check_shape, gguf_key, hf_rotary_rows_heads, \
@@ -32,6 +32,8 @@ GGUF_MAGIC = b"GGUF"
 ARCHITECTURE = "llama"
 # llama.cpp's per-frequency divisors of the RoPE frequencies (how it stores Llama 3.1's scaling).
 ROPE_FREQS = "rope_freqs.weight"
+# Bytes of quantized blocks dequantized at a time.
+DEQUANTIZE_CHUNK = 8 * 2**20
 
 
 def _types():
@@ -262,16 +264,28 @@ class GGUFCheckpoint:
         return self.tensors[name]
 
     def _read_stored(self, tensor: GGUFTensor) -> np.ndarray:
+        """The stored values; quantized rows are read and dequantized a few MB at a time into the
+        float32 result, so dequantizing holds the result and one chunk, not the blocks and gguf's
+        whole-tensor temporaries too."""
         from gguf import GGML_QUANT_SIZES, dequantize
 
         dtype = stored_dtype(tensor.tensor_type)
         if tensor.tensor_type in (int(_types().F32), int(_types().F16), int(_types().BF16)):
             return read_tensor(self.path, tensor.offset, tensor.shape, dtype, tensor.name)
-        block_size, type_size = GGML_QUANT_SIZES[_types()(tensor.tensor_type)]
+        kind = _types()(tensor.tensor_type)
+        block_size, type_size = GGML_QUANT_SIZES[kind]
         row_bytes = tensor.shape[-1] // block_size * type_size
-        blocks = read_tensor(self.path, tensor.offset, (*tensor.shape[:-1], row_bytes), np.dtype(np.uint8),
-                             tensor.name)
-        return np.ascontiguousarray(dequantize(blocks, _types()(tensor.tensor_type)), dtype=np.float32)
+        out = np.empty(tensor.shape, np.float32)
+        rows = out.reshape(-1, tensor.shape[-1])
+        step = max(1, DEQUANTIZE_CHUNK // row_bytes)
+        buffer = np.empty((step, row_bytes), np.uint8)
+        with open(self.path, "rb", buffering=0) as f:
+            for start in range(0, rows.shape[0], step):
+                chunk = buffer[:min(step, rows.shape[0] - start)]
+                if read_into(f, memoryview(chunk.reshape(-1)), tensor.offset + start * row_bytes) != chunk.size:
+                    raise CheckpointError(f"{self.path} is truncated inside tensor {tensor.name!r}")
+                rows[start:start + len(chunk)] = dequantize(chunk, kind)
+        return out
 
 
 def _field_value(field: Any) -> Any:
