@@ -155,6 +155,9 @@ class LegacyTokenizer:
     def __call__(self, *args, **kwargs):
         return self._legacy("tokenizer_call", handle=self._handle, name="__call__", args=list(args), kwargs=kwargs)
 
+    def __len__(self) -> int:
+        return self._legacy("tokenizer_call", handle=self._handle, name="__len__", args=[])
+
     def __setattr__(self, name: str, value) -> None:
         self._legacy("tokenizer_call", handle=self._handle, name=name, value=value, set_value=True)
 
