@@ -20,7 +20,7 @@ from llama_shared.tokenizers.llama3 import LLAMA3_SPECIAL_TOKENS, Llama3Tokenize
 from llama_shared.tokenizers.spm import LlamaTokenizer
 
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                   "chat_template.jinja", "original/tokenizer.model", "config.json"]
+                   "chat_template.jinja", "original/tokenizer.model"]
 # transformers 5's class defaults where tokenizer_config.json names no token.
 _CLASS_DEFAULTS = {LLAMA: ({"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}, "left"),
                    BYTE_LEVEL: ({"unk_token": "<|endoftext|>", "bos_token": "<|endoftext|>",
@@ -48,7 +48,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _resolve_directory(name_or_path: str | Path, revision: str | None) -> Path:
     try:
-        return Path(resolve_model_dir(name_or_path, required=(), allow_patterns=TOKENIZER_FILES, revision=revision))
+        # config.json too: its tokenizer_class is the fallback for a tokenizer_config without one.
+        return Path(resolve_model_dir(name_or_path, required=(), allow_patterns=[*TOKENIZER_FILES, "config.json"],
+                                      revision=revision))
     except CheckpointError as e:
         raise TokenizerError(f"no tokenizer at {name_or_path}: {e}") from None
 
