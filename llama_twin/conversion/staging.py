@@ -18,16 +18,14 @@ def check_destination(src: str | os.PathLike, dst: str | os.PathLike, overwrite:
     """Refuse a destination inside the source (or holding it) and a non-empty one unless overwrite;
     for a single-file format, a destination that is a folder, or an existing file unless overwrite."""
     src_real, dst_real = os.path.realpath(src), os.path.realpath(dst)
-    if dst_real == src_real:
-        raise CheckpointError(f"destination {dst} is the source; choose another path")
+    if dst_real == src_real or dst_real.startswith(src_real + os.sep):
+        raise CheckpointError(f"destination {dst} is inside the source {src}; choose a path outside it")
     if single_file:
         if os.path.isdir(dst_real):
             raise CheckpointError(f"destination {dst} is a folder; this format is written to a file path")
         if os.path.exists(dst_real) and not overwrite:
             raise CheckpointError(f"destination {dst} exists; pass overwrite=True (--overwrite) to replace it")
         return
-    if dst_real == src_real or dst_real.startswith(src_real + os.sep):
-        raise CheckpointError(f"destination {dst} is inside the source {src}; choose a folder outside it")
     if src_real.startswith(dst_real + os.sep):
         raise CheckpointError(f"the source {src} is inside the destination {dst}, which conversion would replace")
     if os.path.exists(dst_real) and not os.path.isdir(dst_real):
