@@ -148,6 +148,28 @@ def test_byte_level_gguf_tokenizer_equals_transformers(pre, hf_checkpoint, tmp_p
                                                                   len(reference))
 
 
+def test_byte_level_tokenizer_exports_as_gpt2(hf_checkpoint, tmp_path):
+    """A SmolLM-style byte-level BPE (ChatML) goes into the GGUF as a gpt2 vocabulary with its merges,
+    and reads back as transformers' GGUF loader reads it."""
+    from tokenizers import Tokenizer
+
+    content = json.loads(byte_level_bpe_json())
+    src = tmp_path / "src"
+    shutil.copytree(hf_checkpoint(vocab_size=len(content["model"]["vocab"])), src)
+    transformers.PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(byte_level_bpe_json()), bos_token="<|im_start|>", eos_token="<|im_end|>",
+        unk_token="<|endoftext|>").save_pretrained(src)
+    convert(src, tmp_path / "model.gguf", "gguf", gguf_type="q8_0", progress=False)
+    metadata = GGUFCheckpoint(tmp_path / "model.gguf").gguf_metadata
+    assert (metadata["tokenizer.ggml.model"], metadata["tokenizer.ggml.pre"]) == ("gpt2", "smollm")
+    ours = AutoTokenizer.from_pretrained(tmp_path, gguf_file="model.gguf")
+    reference = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="model.gguf")
+    texts = tokenizer_corpus()
+    assert ours(texts)["input_ids"] == reference(texts)["input_ids"]
+    assert (ours.bos_token, ours.eos_token) == (reference.bos_token, reference.eos_token) == ("<|im_start|>",
+                                                                                             "<|im_end|>")
+
+
 # ------------------------------------------------------------------------------------------------
 # Bad input: a clear error naming the file and field, nothing left behind
 
