@@ -81,7 +81,7 @@ class GGUFCheckpoint:
         self._check_magic()
         reader = self._parse()
         self.gguf_metadata: dict[str, Any] = {name: _field_value(field) for name, field in reader.fields.items()
-                                         if not name.startswith("GGUF.")}
+                                              if not name.startswith("GGUF.")}
         self.tensors: dict[str, GGUFTensor] = {}
         size = os.path.getsize(self.path)
         for tensor in reader.tensors:
@@ -133,7 +133,8 @@ class GGUFCheckpoint:
         if value is ...:
             raise CheckpointError(f"{self.path}: metadata field {key!r} is missing")
         if value is not None and value is not default and not isinstance(value, kind):
-            raise CheckpointError(f"{self.path}: metadata field {key!r} is {value!r}; expected a {kind}")
+            names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise CheckpointError(f"{self.path}: metadata field {key!r} is {value!r}; expected {names}")
         return value
 
     def _build_config(self) -> LlamaConfig:

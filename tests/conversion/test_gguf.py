@@ -196,7 +196,7 @@ def test_wrong_magic(hf_checkpoint, tmp_path):
     assert_clean_failure(path, tmp_path, r"model\.gguf is not a GGUF file: it starts with b'GGML'")
 
 
-@pytest.mark.parametrize("keep", [0.5, 0.999])
+@pytest.mark.parametrize("keep", [0.001, 0.5, 0.999])
 def test_truncated_file(keep, hf_checkpoint, tmp_path):
     path = gguf_copy(hf_checkpoint, tmp_path)
     data = path.read_bytes()
