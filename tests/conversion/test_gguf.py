@@ -102,6 +102,24 @@ def test_gguf_converts_to_every_format_with_the_same_logits(to, hf_with_tokenize
     assert difference < 1e-4
 
 
+@pytest.mark.parametrize("case", ["rope_linear", "rope_yarn", "rope_llama3"])
+def test_rope_scaling_survives_gguf(case, hf_checkpoint, tmp_path):
+    """linear and yarn go into llama.cpp's rope.scaling keys, llama3 into a rope_freqs tensor (read
+    back as per-frequency longrope factors): the logits past the original length are unchanged."""
+    import torch
+
+    from llama_torch import LlamaForCausalLM
+    from tests.cases import MODEL_CASES
+
+    src = hf_checkpoint(**{**MODEL_CASES[case], "vocab_size": 256})
+    convert(src, tmp_path / "model.gguf", "gguf", gguf_type="f32", progress=False)
+    ids = torch.tensor(np.random.default_rng(0).integers(3, 256, size=(1, 300)))
+    with torch.no_grad():
+        expected = LlamaForCausalLM.from_pretrained(src)(ids).logits.numpy()
+        got = LlamaForCausalLM.from_pretrained(tmp_path, gguf_file="model.gguf")(ids).logits.numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+
 def test_tokenizer_and_chat_template_travel_through_gguf(hf_with_tokenizer, tmp_path):
     """The sentencepiece tokenizer goes into the GGUF metadata and comes back as the tokenizer
     transformers builds from that file, in the twins' AutoTokenizer and in the converted folder."""
