@@ -29,9 +29,10 @@ def tokenizer_files(tokenizer: PreTrainedTokenizerFast) -> dict[str, dict[str, A
     return {"tokenizer.json": json.loads(tokenizer.backend_tokenizer.to_str()), "tokenizer_config.json": config}
 
 
-def gguf_tokenizer_metadata(tokenizer: Any, vocab_size: int) -> dict[str, Any]:
+def gguf_tokenizer_metadata(tokenizer: Any, vocab_size: int, scores: dict[str, float] | None = None) -> dict[str, Any]:
     """tokenizer.ggml.* and tokenizer.chat_template for a tokenizer: a sentencepiece-style BPE (byte
-    fallback) as model "llama" with scores that rank the merges, a byte-level BPE as model "gpt2"
+    fallback) as model "llama" with its merges and scores (the sentencepiece model's where given,
+    which llama.cpp merges by; else ones that rank the merges), a byte-level BPE as model "gpt2"
     with its merges; token types, special ids, add_bos/add_eos."""
     if isinstance(tokenizer, LlamaTokenizer):
         tokenizer = LlamaTokenizerFast(vocab_file=tokenizer.vocab_file, legacy=tokenizer.legacy,
@@ -58,8 +59,9 @@ def gguf_tokenizer_metadata(tokenizer: Any, vocab_size: int) -> dict[str, Any]:
     out: dict[str, Any] = {"tokenizer.ggml.model": "llama" if spm_style else "gpt2", "tokenizer.ggml.tokens": tokens,
                            "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": merges}
     if spm_style:
-        rank = {m.replace(" ", ""): -float(r) for r, m in reversed(list(enumerate(merges)))}
-        out["tokenizer.ggml.scores"] = [rank.get(token, 0.0) for token in tokens]
+        if scores is None:
+            scores = {m.replace(" ", ""): -float(r) for r, m in reversed(list(enumerate(merges)))}
+        out["tokenizer.ggml.scores"] = [float(scores.get(token, 0.0)) for token in tokens]
     else:
         out["tokenizer.ggml.pre"] = _pre_tokenizer_name(content.get("pre_tokenizer"))
     for role, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("unk", "unknown_token_id"),

@@ -25,11 +25,14 @@ from llama_shared.errors import CheckpointError
 from llama_shared.naming import gguf_key, hf_rotary_rows_heads, interleaved_from_rotate_half
 from llama_shared.rope import static_inv_freq
 from llama_shared.tokenizers import AutoTokenizer
+from llama_shared.tokenizers.files import detect_kind, load_spm_proto
 from llama_shared.tokenizers.gguf import gguf_tokenizer
 from llama_twin.conversion.formats.base import Format, WriteOptions
 from llama_twin.conversion.source import TensorSource, write_side_files
 from llama_twin.conversion.tokenizer_metadata import gguf_tokenizer_metadata, tokenizer_files
 
+# llama.cpp's tokenizer model name for a file without a vocabulary.
+NO_VOCAB = "no_vocab"
 # --type of `llama-twin convert ... --to gguf`: the GGML type of the matrices.
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 # llama.cpp's general.file_type for each (LlamaFileType: ALL_F32, MOSTLY_F16, MOSTLY_BF16, MOSTLY_Q8_0, MOSTLY_Q4_0).
@@ -54,7 +57,7 @@ def gguf_source(path: str | os.PathLike) -> TensorSource:
     specs = {key: (checkpoint.shape(key), checkpoint.dtype(key)) for key in keys}
     json_files: dict[str, dict[str, Any]] = {
         "generation_config.json": {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id}}
-    if "tokenizer.ggml.model" in checkpoint.gguf_metadata:
+    if checkpoint.gguf_metadata.get("tokenizer.ggml.model", NO_VOCAB) != NO_VOCAB:
         json_files.update(tokenizer_files(gguf_tokenizer(checkpoint)))
     return TensorSource(config, specs, lambda: ((key, checkpoint.read(key)) for key in keys), {}, json_files)
 
@@ -167,7 +170,8 @@ def _rope_freqs(config: LlamaConfig) -> np.ndarray | None:
 
 
 def _tokenizer_metadata(source: TensorSource) -> dict[str, Any]:
-    """tokenizer.* metadata of the tokenizer the source carries (none if it carries none)."""
+    """tokenizer.* metadata of the tokenizer the source carries; without one, llama.cpp's "no_vocab"
+    (it refuses a file with no tokenizer.ggml.model at all)."""
     with tempfile.TemporaryDirectory(prefix="llama-twin-tokenizer-") as folder:
         write_side_files(source, folder)
         try:
@@ -175,8 +179,17 @@ def _tokenizer_metadata(source: TensorSource) -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - no tokenizer among the carried files: the GGUF gets none
             if any(name.startswith("tokenizer") for name in os.listdir(folder)):
                 raise
-            return {}
-        return gguf_tokenizer_metadata(tokenizer, source.config.vocab_size)
+            return {"tokenizer.ggml.model": NO_VOCAB}
+        return gguf_tokenizer_metadata(tokenizer, source.config.vocab_size, _sentencepiece_scores(folder))
+
+
+def _sentencepiece_scores(folder: str) -> dict[str, float] | None:
+    """The piece scores of a sentencepiece tokenizer.model in folder (what llama.cpp's sentencepiece
+    tokenizer merges by, as its own converter writes them), else None."""
+    path = os.path.join(folder, "tokenizer.model")
+    if not os.path.isfile(path) or detect_kind(path) != "sentencepiece":
+        return None
+    return {piece.piece: piece.score for piece in load_spm_proto(path).pieces}
 
 
 def _add_value(writer: Any, key: str, value: Any) -> None:
