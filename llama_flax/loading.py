@@ -25,7 +25,8 @@ from llama_flax.scan import stack_flat, unrolled_leaves
 from llama_shared import layout
 from llama_shared import quantization as q
 from llama_shared.checkpoints import (DEFAULT_SHARD_SIZE, INDEX_FILE, SINGLE_FILE, Checkpoint, requested_dtype,
-                                     resolve_model_dir, tensor_nbytes, write_checkpoint)
+                                     tensor_nbytes, write_checkpoint)
+from llama_shared.checkpoints.model_files import open_model_files
 from llama_shared.config import LlamaConfig
 from llama_shared.errors import CheckpointError
 from llama_shared.generation import GenerationConfig
@@ -123,9 +124,11 @@ class FlaxPreTrainedModel(GenerationMixin):
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, dtype: Any = None, param_dtype: Any = None,
                         config: LlamaConfig | None = None, quantization: str | QuantizationConfig | None = None,
-                        group_size: int | None = None, scan_layers: bool = False,
+                        group_size: int | None = None, scan_layers: bool = False, gguf_file: str | None = None,
                         **config_overrides: Any) -> "FlaxPreTrainedModel":
-        """Load a Hugging Face folder (config.json + safetensors, or flax_model.msgpack) or hub repo id.
+        """Load a Hugging Face folder (config.json + safetensors, or flax_model.msgpack) or hub repo id;
+        with gguf_file, that GGUF file in the folder or repo (config from its metadata, tensors
+        dequantized to float32).
 
         dtype is the compute dtype and, unless param_dtype says otherwise, the params' dtype.
         quantization "int8" or "int4" (group_size 32, 64 or 128; default 128) quantizes the linear
@@ -134,14 +137,13 @@ class FlaxPreTrainedModel(GenerationMixin):
         """
         if scan_layers and quantization is not None:
             raise ValueError("scan_layers=True and quantization cannot be combined: quantized models run unrolled")
-        directory = resolve_model_dir(path_or_repo_id)
-        if config is None:
-            config = LlamaConfig.from_pretrained(directory, **config_overrides)
+        directory, config, gguf = open_model_files(path_or_repo_id, gguf_file, config, config_overrides)
         dtype = resolve_dtype(dtype, config)
-        has_safetensors = any(os.path.exists(os.path.join(directory, f)) for f in (SINGLE_FILE, INDEX_FILE))
+        has_safetensors = gguf is not None or any(os.path.exists(os.path.join(directory, f))
+                                                  for f in (SINGLE_FILE, INDEX_FILE))
         from_msgpack = not has_safetensors and os.path.exists(os.path.join(directory, MSGPACK_FILE))
         if not from_msgpack:
-            config, checkpoint = open_for_loading(Checkpoint(directory), config, quantization, group_size,
+            config, checkpoint = open_for_loading(gguf or Checkpoint(directory), config, quantization, group_size,
                                                   np.dtype(param_dtype or dtype))
         model = cls.without_params(config, dtype, param_dtype, scan_layers)
         if scan_layers and q.config_quantization(config) is not None:

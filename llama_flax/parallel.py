@@ -175,12 +175,18 @@ def generate(model: FlaxPreTrainedModel, mesh: Mesh, input_ids: Any, attention_m
 def pmap_forward(model: FlaxPreTrainedModel) -> Callable[..., jax.Array]:
     """(params, input_ids (devices, batch, seq), attention_mask=None) -> logits (devices, batch, seq, vocab).
 
-    Data parallel with pmap: params are broadcast (in_axes=None), each device runs its slice.
+    Data parallel with pmap: params are broadcast (in_axes=None), each device runs its slice. The
+    mask may be left out (pmap itself takes no default arguments, so it is passed as None).
     """
     def forward(params: Any, input_ids: jax.Array, attention_mask: jax.Array | None) -> jax.Array:
         return model.module.apply({"params": params}, input_ids, attention_mask).logits
 
-    return jax.pmap(forward, axis_name=DATA_AXIS_NAME, in_axes=(None, 0, 0))
+    mapped = jax.pmap(forward, axis_name=DATA_AXIS_NAME, in_axes=(None, 0, 0))
+
+    def run(params: Any, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+        return mapped(params, input_ids, attention_mask)
+
+    return run
 
 
 def pmap_train_step(step: Callable) -> Callable:

@@ -10,8 +10,10 @@ from llama_shared.errors import CheckpointError, ConfigError, GenerationError, L
 from llama_shared.generation import GenerationConfig
 from llama_shared.quantization import QuantizationConfig
 from llama_shared.streaming import TextIteratorStreamer, TextStreamer
-from llama_shared.tokenizers import AutoTokenizer, BatchEncoding, Llama3Tokenizer, LlamaTokenizer, LlamaTokenizerFast
+from llama_shared.tokenizers import (AutoTokenizer, BatchEncoding, Llama3Tokenizer, LlamaTokenizer, LlamaTokenizerFast,
+                                     PreTrainedTokenizerFast)
 
 __all__ = ["LlamaConfig", "GenerationConfig", "QuantizationConfig", "TextStreamer", "TextIteratorStreamer",
            "AutoTokenizer", "BatchEncoding", "Llama3Tokenizer", "LlamaTokenizer", "LlamaTokenizerFast",
+           "PreTrainedTokenizerFast",
            "CheckpointError", "ConfigError", "GenerationError", "LlamaTwinError", "TokenizerError"]

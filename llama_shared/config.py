@@ -104,6 +104,16 @@ class LlamaConfig:
         return (self.rope_scaling or {}).get("rope_type", "default")
 
     @property
+    def rope_original_length(self) -> int:
+        """The pre-training length that llama3, yarn and longrope scale from, read as transformers 5
+        reads it: a top-level original_max_position_embeddings (where Phi-3 keeps it) first, then the
+        one in rope_scaling, then max_position_embeddings. (4.57 ignored the rope_scaling one for
+        longrope; see docs/numerics.md.)"""
+        top_level = self.extra.get("original_max_position_embeddings")
+        return top_level or (self.rope_scaling or {}).get("original_max_position_embeddings") \
+            or self.max_position_embeddings
+
+    @property
     def num_key_value_groups(self) -> int:
         """Query heads per key/value head."""
         return self.num_attention_heads // self.num_key_value_heads

@@ -3,8 +3,9 @@
 Torch state-dict keys are Hugging Face's exactly. A Flax path is the same key split on dots,
 with a linear layer's ``weight`` stored as a transposed ``kernel`` ([in, out]) and an
 embedding's ``weight`` as ``embedding``, which are transformers' Flax paths. Meta's original
-names and the q/k row permutation between Meta's interleaved RoPE and Hugging Face's
-rotate_half layout live here too, so no converter spells them again.
+names, llama.cpp's GGUF names and the q/k row permutation between the interleaved RoPE layout
+(Meta's and llama.cpp's) and Hugging Face's rotate_half layout live here too, so no converter
+spells them again.
 """
 
 from __future__ import annotations
@@ -204,6 +205,72 @@ def meta_split_dim(key: str, vocab_size: int) -> int | None:
     if module not in META_SPLIT_DIMS:
         raise CheckpointError(f"tensor {key!r} is not a known Meta Llama parameter")
     return META_SPLIT_DIMS[module]
+
+
+# ------------------------------------------------------------------------------------------------
+# llama.cpp's GGUF names (its q/k rows are interleaved like Meta's)
+
+_GGUF_LAYER_NAMES = {
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.down_proj": "ffn_down",
+    "mlp.up_proj": "ffn_up",
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
+_GGUF_TOP_NAMES = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
+
+
+def gguf_key(key: str) -> str:
+    """llama.cpp's GGUF name for a Hugging Face LlamaForCausalLM key."""
+    match = _HF_LAYER_RE.match(key)
+    if match:
+        layer, module, leaf = match.groups()
+        if module in _GGUF_LAYER_NAMES:
+            return f"blk.{layer}.{_GGUF_LAYER_NAMES[module]}.{leaf}"
+    module, _, leaf = key.rpartition(".")
+    if module in _GGUF_TOP_NAMES:
+        return f"{_GGUF_TOP_NAMES[module]}.{leaf}"
+    raise CheckpointError(f"tensor {key!r} has no counterpart in llama.cpp's GGUF layout")
+
+
+def hf_rotary_rows_heads(key: str, num_heads: int, num_kv_heads: int) -> int | None:
+    """The head count by which a Hugging Face q/k weight or bias is permuted between the two RoPE
+    layouts (num_kv_heads for k_proj), None for every other tensor."""
+    if key.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
+        return num_heads
+    if key.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
+        return num_kv_heads
+    return None
+
+
+def causal_lm_shapes(config: Any) -> dict[str, tuple[int, ...]]:
+    """{Hugging Face key: shape} of every LlamaForCausalLM tensor of a LlamaConfig, in transformers'
+    order (no lm_head when the embeddings are tied)."""
+    c = config
+    q, kv, h, ff = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, c.hidden_size, \
+        c.intermediate_size
+    shapes = {"model.embed_tokens.weight": (c.vocab_size, h)}
+    for i in range(c.num_hidden_layers):
+        layer = f"model.layers.{i}."
+        shapes.update({layer + "self_attn.q_proj.weight": (q, h), layer + "self_attn.k_proj.weight": (kv, h),
+                       layer + "self_attn.v_proj.weight": (kv, h), layer + "self_attn.o_proj.weight": (h, q),
+                       layer + "mlp.gate_proj.weight": (ff, h), layer + "mlp.up_proj.weight": (ff, h),
+                       layer + "mlp.down_proj.weight": (h, ff), layer + "input_layernorm.weight": (h,),
+                       layer + "post_attention_layernorm.weight": (h,)})
+        if c.attention_bias:
+            shapes.update({layer + "self_attn.q_proj.bias": (q,), layer + "self_attn.k_proj.bias": (kv,),
+                           layer + "self_attn.v_proj.bias": (kv,), layer + "self_attn.o_proj.bias": (h,)})
+        if c.mlp_bias:
+            shapes.update({layer + "mlp.gate_proj.bias": (ff,), layer + "mlp.up_proj.bias": (ff,),
+                           layer + "mlp.down_proj.bias": (h,)})
+    shapes["model.norm.weight"] = (h,)
+    if not c.tie_word_embeddings:
+        shapes["lm_head.weight"] = (c.vocab_size, h)
+    return dict(sorted(shapes.items(), key=lambda item: hf_key_order(item[0])))
 
 
 def hf_key_order(key: str) -> tuple:

@@ -4,7 +4,8 @@ The one place the RoPE math lives. Static tables (default, linear, yarn, llama3)
 numpy arrays computed once. dynamic (NTK) and longrope depend on the sequence length, which may be
 a traced JAX value or a torch tensor, so those functions take the array namespace ``xp``
 (numpy, jax.numpy or torch) and use only operations all three share. Formulas follow
-transformers' modeling_rope_utils (v4.57); the layout is Hugging Face's rotate_half.
+transformers' modeling_rope_utils (v5, which fixed 4.57's longrope: docs/numerics.md); the layout
+is Hugging Face's rotate_half.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def _linear_inv_freq(config: LlamaConfig) -> np.ndarray:
 def _yarn_inv_freq(config: LlamaConfig) -> np.ndarray:
     scaling, dim, base = config.rope_scaling, config.head_dim, config.rope_theta
     factor = scaling["factor"]
-    original = scaling.get("original_max_position_embeddings") or config.max_position_embeddings
+    original = config.rope_original_length
     beta_fast, beta_slow = scaling.get("beta_fast") or 32, scaling.get("beta_slow") or 1
 
     def correction_dim(rotations: float) -> float:
@@ -58,7 +59,7 @@ def _llama3_inv_freq(config: LlamaConfig) -> np.ndarray:
     scaling = config.rope_scaling
     inv = _default_inv_freq(config)
     factor, low_ff, high_ff = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
-    original = scaling["original_max_position_embeddings"]
+    original = config.rope_original_length
     low_wavelen, high_wavelen = original / low_ff, original / high_ff
     wavelen = np.float32(2 * math.pi) / inv
     scaled = np.where(wavelen > low_wavelen, inv / np.float32(factor), inv)
@@ -75,10 +76,6 @@ _STATIC_INV_FREQ = {
     "yarn": _yarn_inv_freq,
     "llama3": _llama3_inv_freq,
 }
-
-
-def _longrope_original_length(config: LlamaConfig) -> int:
-    return config.extra.get("original_max_position_embeddings") or config.max_position_embeddings
 
 
 def attention_factor(config: LlamaConfig) -> float:
@@ -99,13 +96,9 @@ def attention_factor(config: LlamaConfig) -> float:
     if rope_type == "longrope":
         if scaling.get("attention_factor") is not None:
             return float(scaling["attention_factor"])
-        factor = scaling.get("factor")
-        original = config.extra.get("original_max_position_embeddings")
-        if original:
-            factor = config.max_position_embeddings / original
-        else:
-            original = config.max_position_embeddings
-        if factor is None or factor <= 1.0:
+        original = config.rope_original_length
+        factor = scaling.get("factor") or config.max_position_embeddings / original
+        if factor <= 1.0:
             return 1.0
         return math.sqrt(1 + math.log(factor) / math.log(original))
     return 1.0
@@ -143,7 +136,7 @@ def inv_freq(config: LlamaConfig, seq_len: Any = None, xp: ModuleType = np) -> A
     if rope_type == "longrope":
         short = xp.asarray(_longrope_inv_freq_numpy(config, long=False))
         long = xp.asarray(_longrope_inv_freq_numpy(config, long=True))
-        return xp.where(seq_len > _longrope_original_length(config), long, short)
+        return xp.where(seq_len > config.rope_original_length, long, short)
     dim, mpe = config.head_dim, config.max_position_embeddings
     factor = config.rope_scaling["factor"]
     if isinstance(seq_len, (int, np.integer)):

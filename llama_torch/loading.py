@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from llama_shared.checkpoints import (DEFAULT_SHARD_SIZE, Checkpoint, requested_dtype, resolve_model_dir, tensor_nbytes,
+from llama_shared.checkpoints import (DEFAULT_SHARD_SIZE, Checkpoint, requested_dtype, tensor_nbytes,
                                      write_checkpoint)
+from llama_shared.checkpoints.model_files import open_model_files
 from llama_shared.config import LlamaConfig
 from llama_shared.errors import CheckpointError
 from llama_shared.generation import GenerationConfig
@@ -103,18 +104,18 @@ class PreTrainedModel(GenerationMixin, nn.Module):
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, dtype: torch.dtype | str | None = None,
                         device: torch.device | str = "cpu", config: LlamaConfig | None = None,
                         quantization: str | QuantizationConfig | None = None, group_size: int | None = None,
-                        **config_overrides: Any) -> "PreTrainedModel":
-        """Load a Hugging Face folder (config.json + safetensors) or hub repo id.
+                        gguf_file: str | None = None, **config_overrides: Any) -> "PreTrainedModel":
+        """Load a Hugging Face folder (config.json + safetensors) or hub repo id; with gguf_file, that
+        GGUF file in the folder or repo (config from its metadata, tensors dequantized to float32).
 
         quantization "int8" or "int4" (group_size 32, 64 or 128; default 128) quantizes the linear
         layers tensor by tensor as they load; a quantized checkpoint loads as it was saved.
         """
-        directory = resolve_model_dir(path_or_repo_id)
-        if config is None:
-            config = LlamaConfig.from_pretrained(directory, **config_overrides)
+        directory, config, gguf = open_model_files(path_or_repo_id, gguf_file, config, config_overrides)
         target = resolve_dtype(dtype, config)
         scale_dtype = to_numpy(torch.empty(0, dtype=target)).dtype
-        config, checkpoint = open_for_loading(Checkpoint(directory), config, quantization, group_size, scale_dtype)
+        config, checkpoint = open_for_loading(gguf or Checkpoint(directory), config, quantization, group_size,
+                                              scale_dtype)
         with torch.device("meta"):
             model = cls(config)
         if config_quantization(config) is not None:

@@ -15,10 +15,19 @@ ROPE_CASES = {
     "longrope": dict(rope_scaling={"rope_type": "longrope", "short_factor": [1.0 + i / 8 for i in range(8)],
                                    "long_factor": [2.0 + i / 2 for i in range(8)]},
                      max_position_embeddings=1024, original_max_position_embeddings=256),
+    # The pre-training length inside rope_scaling, where transformers 5 writes it: 4.57 ignored it.
+    "longrope_inner": dict(rope_scaling={"rope_type": "longrope", "short_factor": [1.0 + i / 8 for i in range(8)],
+                                         "long_factor": [2.0 + i / 2 for i in range(8)], "factor": 4.0,
+                                         "original_max_position_embeddings": 256},
+                           max_position_embeddings=1024),
     "llama3": dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 128},
                    rope_theta=500000.0),
 }
+
+# Cases where transformers 4.57.6 has a known bug that 5.x fixed (docs/numerics.md): compared with
+# transformers 5 only.
+LEGACY_BUGS = {"rope_longrope_inner": "4.57 ignores rope_scaling's original_max_position_embeddings for longrope"}
 
 # Every config feature of the parity matrix (tiny default: GQA 4 heads / 2 kv heads, 2 layers).
 MODEL_CASES = {

@@ -6,9 +6,13 @@ parametrize)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import pickle
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -23,10 +27,11 @@ TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_lay
 
 
 def _tiny_hf_config(**overrides):
-    """A transformers LlamaConfig for a tiny model (GQA 4/2 by default); overrides change any field."""
+    """A transformers LlamaConfig for a tiny model (GQA 4/2 by default); overrides change any field.
+    They are copied first: transformers 5 adds rope_theta to the rope_scaling dict it is given."""
     from transformers import LlamaConfig
 
-    return LlamaConfig(**{**TINY, **overrides})
+    return LlamaConfig(**copy.deepcopy({**TINY, **overrides}))
 
 
 def _randomize(model) -> None:
@@ -62,17 +67,31 @@ def randomize():
 
 
 @pytest.fixture(scope="session")
-def hf_checkpoint(tmp_path_factory):
-    """factory(**config_overrides, model_class="LlamaForCausalLM", dtype=None) -> folder of a saved
-    random transformers model; the same arguments return the same folder (built once)."""
+def hf_checkpoint(tmp_path_factory, request):
+    """factory(**config_overrides, model_class="LlamaForCausalLM", dtype=None, config_form="5.x") ->
+    folder of a saved random transformers model; the same arguments return the same folder (built
+    once). config_form "4.x" writes the config.json that transformers 4.57.6 writes for the same
+    settings (rope_theta and rope_scaling at the top level) beside the same weights."""
     import torch
     import transformers
 
     made: dict[str, str] = {}
 
-    def build(model_class: str = "LlamaForCausalLM", seed: int = 0, dtype=None, **overrides) -> str:
-        key = json.dumps([model_class, seed, str(dtype), overrides], sort_keys=True, default=str)
-        if key not in made:
+    def build(model_class: str = "LlamaForCausalLM", seed: int = 0, dtype=None, config_form: str = "5.x",
+              **overrides) -> str:
+        key = json.dumps([model_class, seed, str(dtype), config_form, overrides], sort_keys=True, default=str)
+        if key in made:
+            return made[key]
+        if config_form == "4.x":
+            folder = tmp_path_factory.mktemp(f"{model_class}-4x")
+            shutil.copytree(build(model_class, seed, dtype, **overrides), folder, dirs_exist_ok=True)
+            legacy = request.getfixturevalue("transformers_4")
+            written = json.loads((folder / "config.json").read_text())
+            config = legacy("config_dict", overrides={**TINY, **overrides})
+            config["architectures"] = written["architectures"]
+            config["torch_dtype"] = written.get("dtype", written.get("torch_dtype"))
+            (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        else:
             torch.manual_seed(seed)
             model = getattr(transformers, model_class)(_tiny_hf_config(**overrides)).eval()
             _randomize(model)
@@ -80,10 +99,86 @@ def hf_checkpoint(tmp_path_factory):
                 model = model.to(dtype)
             folder = tmp_path_factory.mktemp(model_class)
             model.save_pretrained(folder)
-            made[key] = str(folder)
+        made[key] = str(folder)
         return made[key]
 
     return build
+
+
+# ------------------------------------------------------------------------------------------------
+# transformers 4.57.6 beside transformers 5 (tests/oracle/legacy_worker.py)
+
+LEGACY_TRANSFORMERS = Path(os.environ.get("LLAMA_TWIN_TRANSFORMERS_4",
+                                          Path(__file__).resolve().parents[1] / ".oracle" / "transformers-4.57.6"))
+LEGACY_INSTALL = ("pip install --upgrade --no-deps --target .oracle/transformers-4.57.6 "
+                  "-r tests/oracle/transformers-4.57.6.txt")
+
+
+class LegacyTransformers:
+    """transformers 4.57.6 in a subprocess: call(function name, **kwargs) runs a function of
+    tests/oracle/legacy_worker.py there and returns its result (numpy arrays, plain values)."""
+
+    def __init__(self, site: Path):
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+        worker = Path(__file__).parent / "oracle" / "legacy_worker.py"
+        self.process = subprocess.Popen([sys.executable, str(worker)], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, env=env)
+
+    def __call__(self, function: str, **kwargs):
+        pickle.dump((function, kwargs), self.process.stdin)
+        self.process.stdin.flush()
+        status, result = pickle.load(self.process.stdout)
+        if status != "ok":
+            raise RuntimeError(f"transformers 4.57.6 failed in {function}:\n{result}")
+        return result
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+class LegacyTokenizer:
+    """A transformers 4.57.6 tokenizer (its slow sentencepiece LlamaTokenizer, its LlamaTokenizerFast
+    converter) held in the legacy process: attribute reads, writes and method calls are forwarded."""
+
+    def __init__(self, process: LegacyTransformers, kind: str, *args, **kwargs):
+        object.__setattr__(self, "_legacy", process)
+        object.__setattr__(self, "_handle", process("make_tokenizer", kind=kind, args=list(args), kwargs=kwargs))
+
+    def __getattr__(self, name: str):
+        value = self._legacy("tokenizer_call", handle=self._handle, name=name)
+        if value != "<method>":
+            return value
+        return lambda *args, **kwargs: self._legacy("tokenizer_call", handle=self._handle, name=name,
+                                                    args=list(args), kwargs=kwargs)
+
+    def __call__(self, *args, **kwargs):
+        return self._legacy("tokenizer_call", handle=self._handle, name="__call__", args=list(args), kwargs=kwargs)
+
+    def __len__(self) -> int:
+        return self._legacy("tokenizer_call", handle=self._handle, name="__len__", args=[])
+
+    def __setattr__(self, name: str, value) -> None:
+        self._legacy("tokenizer_call", handle=self._handle, name=name, value=value, set_value=True)
+
+
+@pytest.fixture(scope="session")
+def legacy_tokenizer(transformers_4):
+    """factory(class name, *args, **kwargs) -> that transformers 4.57.6 tokenizer class, in its process."""
+    return lambda kind, *args, **kwargs: LegacyTokenizer(transformers_4, kind, *args, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def transformers_4():
+    """transformers 4.57.6 (the Flax classes' oracle and the 4.x config form) in a subprocess, started
+    once per session: transformers_4("outputs", folder=..., model_class=..., inputs=..., fields=...)."""
+    if not (LEGACY_TRANSFORMERS / "transformers").is_dir():
+        pytest.fail(f"transformers 4.57.6 is not installed at {LEGACY_TRANSFORMERS}; run `{LEGACY_INSTALL}` "
+                    f"(the README's test command does) or point LLAMA_TWIN_TRANSFORMERS_4 at such a folder")
+    legacy = LegacyTransformers(LEGACY_TRANSFORMERS)
+    assert legacy("version") == "4.57.6"
+    yield legacy
+    legacy.close()
 
 
 # ------------------------------------------------------------------------------------------------

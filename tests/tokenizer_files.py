@@ -71,7 +71,7 @@ def hf_llama3_fast(special_tokens: tuple[str, ...]):
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     backend = TikTokenConverter(vocab_file=str(llama3_tiktoken_path()),
-                                additional_special_tokens=list(special_tokens)).converted()
+                                extra_special_tokens=list(special_tokens)).converted()
     backend.post_processor = processors.Sequence([
         processors.ByteLevel(trim_offsets=False),
         processors.TemplateProcessing(single="<|begin_of_text|> $A",
@@ -80,3 +80,55 @@ def hf_llama3_fast(special_tokens: tuple[str, ...]):
     ])
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|begin_of_text|>",
                                    eos_token="<|end_of_text|>", clean_up_tokenization_spaces=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# A corpus of varied texts and a byte-level BPE tokenizer as a SmolLM-style Llama ships it
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful AI assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+CHATML_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<repo_name>", "<reponame>"]
+_CODE = ["def add(a, b):\n    return a + b\n", "for (int i = 0; i < n; ++i) { sum += x[i]; }",
+         "SELECT name, COUNT(*) FROM users GROUP BY name;", "if x == 42:\n\tprint(f\"{x:08.3f}\")",
+         "const f = (a) => a?.b ?? 'none';", "#include <stdio.h>\nint main(void) { return 0; }",
+         "  \n  \n    indented()\n", "λx.x → ∀y ∈ ℕ", "<div class=\"a\">&amp;</div>", "echo $HOME | tr a-z A-Z"]
+_SPECIAL_TEXT = ["<s>", "</s>", "<unk>", "<|endoftext|>", "<|im_start|>user\nhi<|im_end|>",
+                 "<|begin_of_text|><|start_header_id|>system<|end_header_id|>", "<|eot_id|>", "<s>hello</s>",
+                 " <s> spaced </s> ", "<|im_end|>\n<|im_start|>assistant\n", "<<s>>", "<|im_start", "im_end|>"]
+
+
+def tokenizer_corpus(n_lines: int = 240, seed: int = 1) -> list[str]:
+    """At least 200 varied texts: prose, unicode and emoji, whitespace runs, code, digits and text that
+    is (or looks like) special tokens of the Llama, Llama 3 and ChatML families."""
+    rng = random.Random(seed)
+    prose = english_ish_corpus(n_lines, seed)
+    pieces = _EXTRA + _CODE + _SPECIAL_TEXT + ["   ", "\n\n\n", "\t \t", "\u3000", "\u00a0x", "12 345 678.90",
+                                              "2026-12-02T04:23:00Z", "0x1F600", "1e-9", "١٢٣", "🙂👍🏽👨‍👩‍👧",
+                                              "e\u0301", "ÄÖÜ äöü ß", "中文，标点。", "a\u200bb", "\ufeffBOM"]
+    texts = list(pieces)
+    while len(texts) < n_lines:
+        parts = [rng.choice(prose)] + rng.sample(pieces, rng.randint(1, 3))
+        rng.shuffle(parts)
+        texts.append(rng.choice(["", " ", "  ", "\n"]).join(parts))
+    return texts + ["", " ", "a"]
+
+
+@functools.lru_cache(maxsize=None)
+def byte_level_bpe_json(vocab_size: int = 1200) -> str:
+    """tokenizer.json content of a byte-level BPE trained here as SmolLM's is built: digits split one
+    by one before GPT-2's byte-level step, ChatML special tokens, a post-processor that adds nothing."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                       pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=CHATML_SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(english_ish_corpus(3000, seed=5) + _CODE * 20, trainer)
+    return tokenizer.to_str()

@@ -10,13 +10,22 @@ from typing import Any
 from llama_shared.checkpoints.hub import resolve_model_dir
 from llama_shared.errors import CheckpointError, TokenizerError
 from llama_shared.tokenizers.base import TokenizerBase
-from llama_shared.tokenizers.fast import LlamaTokenizerFast
+from llama_shared.checkpoints.gguf import open_gguf
+from llama_shared.tokenizers.backends import (AS_WRITTEN, BYTE_LEVEL, LLAMA, backend_class, byte_level_backend,
+                                              llama_backend, read_tokenizer_json, vocab_and_merges)
+from llama_shared.tokenizers.fast import LlamaTokenizerFast, PreTrainedTokenizerFast
+from llama_shared.tokenizers.gguf import gguf_tokenizer
 from llama_shared.tokenizers.files import detect_kind
 from llama_shared.tokenizers.llama3 import LLAMA3_SPECIAL_TOKENS, Llama3Tokenizer
 from llama_shared.tokenizers.spm import LlamaTokenizer
 
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                    "chat_template.jinja", "original/tokenizer.model"]
+# transformers 5's class defaults where tokenizer_config.json names no token.
+_CLASS_DEFAULTS = {LLAMA: ({"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}, "left"),
+                   BYTE_LEVEL: ({"unk_token": "<|endoftext|>", "bos_token": "<|endoftext|>",
+                                 "eos_token": "<|endoftext|>"}, "right"),
+                   AS_WRITTEN: ({}, "right")}
 _SHARED_KEYS = ("add_bos_token", "add_eos_token", "clean_up_tokenization_spaces", "chat_template",
                 "model_max_length", "padding_side")
 _SPM_KEYS = ("legacy", "add_prefix_space")
@@ -39,22 +48,11 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _resolve_directory(name_or_path: str | Path, revision: str | None) -> Path:
     try:
-        return Path(resolve_model_dir(name_or_path, required=(), allow_patterns=TOKENIZER_FILES, revision=revision))
+        # config.json too: its tokenizer_class is the fallback for a tokenizer_config without one.
+        return Path(resolve_model_dir(name_or_path, required=(), allow_patterns=[*TOKENIZER_FILES, "config.json"],
+                                      revision=revision))
     except CheckpointError as e:
         raise TokenizerError(f"no tokenizer at {name_or_path}: {e}") from None
-
-
-def _template_flags(tokenizer_json: Path, bos: str | None, eos: str | None) -> dict[str, bool]:
-    """add_bos/add_eos implied by a tokenizer.json's TemplateProcessing (used for the plain
-    PreTrainedTokenizerFast files of Llama 3, whose bos/eos live only there)."""
-    processor = _read_json(tokenizer_json).get("post_processor") or {}
-    steps = processor.get("processors", [processor]) if processor.get("type") == "Sequence" else [processor]
-    for step in steps:
-        if step.get("type") == "TemplateProcessing":
-            single = [item.get("SpecialToken", {}).get("id") for item in step["single"]]
-            return {"add_bos_token": bool(single) and single[0] == bos and bos is not None,
-                    "add_eos_token": bool(single) and single[-1] == eos and eos is not None}
-    return {"add_bos_token": False, "add_eos_token": False}
 
 
 class AutoTokenizer:
@@ -62,11 +60,15 @@ class AutoTokenizer:
 
     @staticmethod
     def from_pretrained(name_or_path: str | Path, *, use_fast: bool = True, revision: str | None = None,
-                        **overrides: Any) -> TokenizerBase:
-        """tokenizer.json -> LlamaTokenizerFast; a sentencepiece tokenizer.model -> LlamaTokenizerFast
+                        gguf_file: str | None = None, **overrides: Any) -> TokenizerBase:
+        """tokenizer.json -> PreTrainedTokenizerFast built as transformers 5 builds it for the
+        folder's tokenizer_class (backends.py); a sentencepiece tokenizer.model -> LlamaTokenizerFast
         (converted) or LlamaTokenizer (use_fast=False); a tiktoken tokenizer.model (also under
-        original/) -> Llama3Tokenizer. tokenizer_config.json supplies special tokens, add_bos/add_eos,
-        legacy, add_prefix_space and chat_template; keyword overrides win over the file."""
+        original/) -> Llama3Tokenizer; gguf_file -> the tokenizer in that GGUF file's metadata.
+        tokenizer_config.json supplies special tokens, add_bos/add_eos, legacy, add_prefix_space and
+        chat_template; keyword overrides win over the file."""
+        if gguf_file is not None:
+            return gguf_tokenizer(open_gguf(name_or_path, gguf_file, revision), **overrides)
         directory = _resolve_directory(name_or_path, revision)
         config = _read_json(directory / "tokenizer_config.json") if (directory / "tokenizer_config.json").is_file() else {}
         if (directory / "special_tokens_map.json").is_file():
@@ -88,14 +90,7 @@ class AutoTokenizer:
             return Llama3Tokenizer(model_file, **{**kwargs, **overrides})
         spm_kwargs = {key: config[key] for key in _SPM_KEYS if config.get(key) is not None}
         if tokenizer_json.is_file() and use_fast:
-            if config.get("tokenizer_class", "PreTrainedTokenizerFast") == "PreTrainedTokenizerFast":
-                # A plain fast tokenizer (Llama 3): no default special tokens, right padding, and bos/eos
-                # placement from the file's template (transformers ignores add_bos/add_eos there).
-                kwargs = {"bos_token": None, "eos_token": None, "unk_token": None, "padding_side": "right", **kwargs}
-                kwargs.update(_template_flags(tokenizer_json, kwargs["bos_token"], kwargs["eos_token"]))
-            vocab = model_file if kind == "sentencepiece" else None
-            return LlamaTokenizerFast(vocab_file=vocab, tokenizer_file=tokenizer_json,
-                                      **{**kwargs, **spm_kwargs, **overrides})
+            return _from_tokenizer_json(directory, config, overrides)
         if kind == "sentencepiece":
             cls = LlamaTokenizerFast if use_fast else LlamaTokenizer
             return cls(model_file, **{**kwargs, **spm_kwargs, **overrides})
@@ -111,3 +106,43 @@ def _llama3_names(config: dict[str, Any]) -> list[str] | str:
         first = min(names)
         return [names[first + i] for i in range(len(names))]
     return "3.1"
+
+
+def _from_tokenizer_json(directory: Path, config: dict[str, Any], overrides: dict[str, Any]) -> PreTrainedTokenizerFast:
+    """The tokenizer transformers 5 builds from a tokenizer.json and its tokenizer_config.json."""
+    from tokenizers import Tokenizer
+
+    path = directory / "tokenizer.json"
+    text, content = read_tokenizer_json(path)
+    declared = config.get("tokenizer_class")
+    if declared is None and (directory / "config.json").is_file():
+        declared = _read_json(directory / "config.json").get("tokenizer_class")
+    kind = backend_class(declared, text, str(directory / "tokenizer_config.json"))
+    if kind == AS_WRITTEN:
+        backend = Tokenizer.from_str(text)
+    else:
+        vocab, merges = vocab_and_merges(content, str(path))
+        if kind == LLAMA:
+            backend = llama_backend(vocab, merges, config.get("add_prefix_space"), bool(config.get("legacy", False)))
+        else:
+            backend = byte_level_backend(vocab, merges, bool(config.get("add_prefix_space", False)))
+        backend.post_processor = _post_processor_of(content)
+    defaults, padding_side = _CLASS_DEFAULTS[kind]
+    kwargs: dict[str, Any] = {**defaults, "padding_side": padding_side}
+    kwargs.update({role: config[role] for role in ("bos_token", "eos_token", "unk_token", "pad_token") if role in config})
+    kwargs.update({key: config[key] for key in ("add_bos_token", "add_eos_token", "chat_template", "padding_side",
+                                                "model_max_length", "clean_up_tokenization_spaces")
+                   if config.get(key) is not None})
+    decoder = config.get("added_tokens_decoder") or {}
+    kwargs["added_tokens"] = [decoder[i] for i in sorted(decoder, key=int)]
+    return PreTrainedTokenizerFast(backend, **{**kwargs, **overrides})
+
+
+def _post_processor_of(content: dict[str, Any]):
+    """The post-processor of a parsed tokenizer.json, built without its vocabulary."""
+    from tokenizers import Tokenizer
+
+    if not content.get("post_processor"):
+        return None
+    minimal = {**content, "added_tokens": [], "model": {**content["model"], "vocab": {}, "merges": []}}
+    return Tokenizer.from_str(json.dumps(minimal)).post_processor

@@ -1,28 +1,21 @@
-"""LlamaTokenizerFast on the `tokenizers` library: loaded from tokenizer.json, or converted from a
-sentencepiece tokenizer.model exactly as transformers' LlamaConverter does."""
+"""Tokenizers on the `tokenizers` library. PreTrainedTokenizerFast runs any tokenizers.Tokenizer as
+transformers 5's TokenizersBackend does (a tokenizer.json, or one built for a GGUF file);
+LlamaTokenizerFast is loaded from tokenizer.json or converted from a sentencepiece tokenizer.model
+exactly as transformers' LlamaConverter does."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from llama_shared.errors import TokenizerError
+from llama_shared.tokenizers.backends import generate_merges
 from llama_shared.tokenizers.base import TokenizerBase, as_id_list
 from llama_shared.tokenizers.chat_template import LLAMA2_CHAT_TEMPLATE, LLAMA3_CHAT_TEMPLATE
 from llama_shared.tokenizers.files import SPIECE_UNDERLINE, load_spm_proto
 
 _SPM_USER_DEFINED, _SPM_CONTROL = 4, 3
-
-
-def _spm_merges(vocab: dict[str, int], scores: dict[str, float]) -> list[tuple[str, str]]:
-    """transformers' generate_merges: every split of a piece into two vocabulary pieces, by score."""
-    merges = []
-    for piece, score in scores.items():
-        local = [(piece[:i], piece[i:], score) for i in range(1, len(piece))
-                 if piece[:i] in vocab and piece[i:] in vocab]
-        merges.extend(sorted(local, key=lambda m: (vocab[m[0]], vocab[m[1]])))
-    merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
-    return [(left, right) for left, right, _ in merges]
 
 
 def convert_spm_to_tokenizers(vocab_file: str | Path, legacy: bool = True, add_prefix_space: bool = True):
@@ -35,7 +28,7 @@ def convert_spm_to_tokenizers(vocab_file: str | Path, legacy: bool = True, add_p
     vocab_scores = [(p.piece, 0.0 if i < 3 else p.score) for i, p in enumerate(pieces)]
     if proto.trainer_spec.model_type == 2:  # BPE
         vocab = {p.piece: i for i, p in enumerate(pieces)}
-        merges = _spm_merges(vocab, dict(vocab_scores))
+        merges = generate_merges(vocab, dict(vocab_scores))
         bpe_vocab = {piece: i for i, (piece, _) in enumerate(vocab_scores)}
         model = BPE(bpe_vocab, merges, unk_token=proto.trainer_spec.unk_piece, fuse_unk=True, byte_fallback=True)
     elif proto.trainer_spec.model_type == 1:  # Unigram
@@ -187,3 +180,152 @@ def _load_tokenizer_json(path: str | Path):
         return Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises a bare Exception for unparsable files
         raise TokenizerError(f"tokenizer.json at {path} is not a valid tokenizers file: {exc}") from None
+
+
+class PreTrainedTokenizerFast(TokenizerBase):
+    """Any tokenizers.Tokenizer run as transformers 5's TokenizersBackend (PreTrainedTokenizerFast) runs it.
+
+    The tokenizer's own post-processor places bos/eos unless add_bos_token or add_eos_token is
+    given (or it has none), in which case a TemplateProcessing for those flags replaces it.
+    added_tokens (tokenizer_config's added_tokens_decoder, in id order) and then the named special
+    tokens are added as transformers adds them. Encoding, truncation and decoding all run in the
+    Rust tokenizer.
+    """
+
+    padding_side = "right"
+
+    def __init__(self, tokenizer_object: Any = None, *, tokenizer_file: str | Path | None = None,
+                 bos_token: Any = None, eos_token: Any = None, unk_token: Any = None, pad_token: Any = None,
+                 add_bos_token: bool | None = None, add_eos_token: bool | None = None,
+                 added_tokens: list[dict[str, Any]] | tuple = (), clean_up_tokenization_spaces: bool = False,
+                 chat_template: str | None = None, model_max_length: int | None = None,
+                 padding_side: str | None = None) -> None:
+        from tokenizers import Tokenizer
+
+        if tokenizer_object is not None:
+            self._tokenizer = Tokenizer.from_str(tokenizer_object.to_str())
+        elif tokenizer_file is not None:
+            self._tokenizer = _load_tokenizer_json(tokenizer_file)
+        else:
+            raise TokenizerError("PreTrainedTokenizerFast needs a tokenizer_object or a tokenizer_file (tokenizer.json)")
+        special = {"bos_token": bos_token, "eos_token": eos_token, "unk_token": unk_token, "pad_token": pad_token}
+        self._tokenizer.add_tokens([_added_token(entry) for entry in added_tokens])
+        present = {token.content for token in self._tokenizer.get_added_tokens_decoder().values()}
+        self._tokenizer.add_tokens([_added_token(value, special=True) for value in special.values()
+                                    if value is not None and _content(value) not in present])
+        explicit = add_bos_token is not None or add_eos_token is not None
+        flags = (bool(add_bos_token), bool(add_eos_token)) if explicit else \
+            _template_flags(self._tokenizer, _content(bos_token), _content(eos_token))
+        self._init_common(special_tokens={k: _content(v) for k, v in special.items()}, add_bos_token=flags[0],
+                          add_eos_token=flags[1], clean_up_tokenization_spaces=clean_up_tokenization_spaces,
+                          chat_template=chat_template, model_max_length=model_max_length, padding_side=padding_side)
+        self._tokenizer.no_truncation()
+        self._tokenizer.no_padding()
+        if explicit or self._tokenizer.post_processor is None:
+            self.update_post_processor()
+
+    def update_post_processor(self) -> None:
+        """A TemplateProcessing for add_bos_token/add_eos_token, as transformers writes it (a flag
+        whose token is unset is dropped)."""
+        from tokenizers import processors
+
+        bos, eos = self.bos_token, self.eos_token
+        self._add_bos_token = self._add_bos_token and bos is not None
+        self._add_eos_token = self._add_eos_token and eos is not None
+        single = f"{(bos + ':0 ') if self.add_bos_token else ''}$A:0{(' ' + eos + ':0') if self.add_eos_token else ''}"
+        pair = (f"{single}{(' ' + bos + ':1') if self.add_bos_token else ''} $B:1"
+                f"{(' ' + eos + ':1') if self.add_eos_token else ''}")
+        special_tokens = [(bos, self.bos_token_id)] if self.add_bos_token else []
+        special_tokens += [(eos, self.eos_token_id)] if self.add_eos_token else []
+        self._tokenizer.post_processor = processors.TemplateProcessing(single=single, pair=pair,
+                                                                      special_tokens=special_tokens)
+
+    def _special_flags_changed(self) -> None:
+        self.update_post_processor()
+
+    @property
+    def backend_tokenizer(self):
+        """The underlying tokenizers.Tokenizer."""
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tokenizer.get_vocab_size(with_added_tokens=False)
+
+    def __len__(self) -> int:
+        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def get_vocab(self) -> dict[str, int]:
+        return self._tokenizer.get_vocab(with_added_tokens=True)
+
+    def _token_to_id(self, token: str) -> int | None:
+        return self._tokenizer.token_to_id(token)
+
+    def _id_to_token(self, index: int) -> str:
+        return self._tokenizer.id_to_token(index)
+
+    def _encode_plain(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+
+    def _encode_rows(self, texts, pairs, add_special_tokens, truncation, max_length):
+        for value in texts + (pairs or []):
+            if not isinstance(value, str):
+                raise TokenizerError(f"tokenizer input must be str or a list of str, got {type(value).__name__}")
+        limit = self._truncation_limit(truncation, max_length)
+        if limit is not None:
+            self._tokenizer.enable_truncation(limit, strategy="longest_first", direction=self.truncation_side)
+        try:
+            inputs = texts if pairs is None else list(zip(texts, pairs))
+            return [e.ids for e in self._tokenizer.encode_batch_fast(inputs, add_special_tokens=add_special_tokens)]
+        finally:
+            self._tokenizer.no_truncation()
+
+    def decode(self, token_ids: Any, skip_special_tokens: bool = False,
+               clean_up_tokenization_spaces: bool | None = None) -> str:
+        """Text of `token_ids` through the tokenizer's decoder. As in transformers 5, the clean-up of
+        spaces before punctuation is skipped for a BPE model, where it deletes real spaces."""
+        ids = [self._checked_id(i) for i in as_id_list(token_ids)]
+        text = self._tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+        if type(self._tokenizer.model).__name__ == "BPE":
+            return text
+        return self._maybe_clean_up(text, clean_up_tokenization_spaces)
+
+    def save_vocabulary(self, save_directory: str | Path, filename_prefix: str | None = None) -> tuple[str]:
+        """Write tokenizer.json."""
+        directory = Path(save_directory)
+        if not directory.is_dir():
+            raise TokenizerError(f"save_vocabulary: {directory} is not a directory")
+        out = directory / f"{filename_prefix + '-' if filename_prefix else ''}tokenizer.json"
+        self._tokenizer.save(str(out))
+        return (str(out),)
+
+    def _default_chat_template(self) -> str:
+        raise TokenizerError("this tokenizer has no chat_template (tokenizer_config.json or chat_template.jinja); "
+                             "pass chat_template=...")
+
+
+def _content(token: Any) -> str | None:
+    """A special token's text, whether given as a string or as tokenizer_config's AddedToken dict."""
+    return token.get("content") if isinstance(token, dict) else token
+
+
+def _added_token(entry: Any, special: bool | None = None):
+    """A tokenizers.AddedToken from a string or an added_tokens_decoder entry (its flags kept)."""
+    from tokenizers import AddedToken
+
+    if isinstance(entry, str):
+        return AddedToken(entry, special=True if special is None else special)
+    flags = {key: entry[key] for key in ("single_word", "lstrip", "rstrip", "normalized", "special") if key in entry}
+    return AddedToken(entry["content"], **flags)
+
+
+def _template_flags(tokenizer: Any, bos: str | None, eos: str | None) -> tuple[bool, bool]:
+    """(add_bos, add_eos) as a tokenizer's TemplateProcessing places them (also inside a Sequence)."""
+    processor = json.loads(tokenizer.to_str()).get("post_processor") or {}
+    steps = processor.get("processors", [processor]) if processor.get("type") == "Sequence" else [processor]
+    for step in steps:
+        if step.get("type") == "TemplateProcessing":
+            single = [item.get("SpecialToken", {}).get("id") for item in step["single"]]
+            return (bool(single) and bos is not None and single[0] == bos,
+                    bool(single) and eos is not None and single[-1] == eos)
+    return False, False

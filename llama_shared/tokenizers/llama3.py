@@ -187,11 +187,13 @@ class Llama3Tokenizer(TokenizerBase):
     # ---- decoding ---------------------------------------------------------------------------
     def decode(self, token_ids: Any, skip_special_tokens: bool = False,
                clean_up_tokenization_spaces: bool | None = None) -> str:
-        """Text of `token_ids` (invalid UTF-8 becomes U+FFFD, as in tiktoken and tokenizers)."""
+        """Text of `token_ids` (invalid UTF-8 becomes U+FFFD, as in tiktoken and tokenizers). The
+        clean-up of spaces before punctuation is never applied: transformers 5 skips it for BPE
+        tokenizers, where it deletes real spaces (clean_up_tokenization_spaces is kept for round trips)."""
         ids = [self._checked_id(i) for i in as_id_list(token_ids)]
         if skip_special_tokens:
             ids = [i for i in ids if i not in self._special_by_id]
-        return self._maybe_clean_up(self.model.decode(ids), clean_up_tokenization_spaces)
+        return self.model.decode(ids)
 
     def _default_chat_template(self) -> str:
         return LLAMA3_CHAT_TEMPLATE

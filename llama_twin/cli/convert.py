@@ -1,8 +1,9 @@
-"""Convert a checkpoint between Hugging Face, Flax (Orbax) and Meta's original format.
+"""Convert a checkpoint between Hugging Face, Flax (Orbax), Meta's original format and GGUF.
 
-llama-twin convert SRC DST --to {hf,flax,meta} [--from ...] [--dtype] [--shard-size] [--num-shards]
-[--overwrite] [--verify]. The source format is detected from its files; DST is written into a
-temporary folder beside it and renamed into place when complete.
+llama-twin convert SRC DST --to {hf,flax,meta,gguf} [--from ...] [--dtype] [--shard-size]
+[--num-shards] [--type] [--overwrite] [--verify]. The source format is detected from its files (a
+GGUF source is one .gguf file, and so is a GGUF destination); DST is written into a temporary folder
+(or file) beside it and renamed into place when complete.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import argparse
 from llama_shared.checkpoints import DEFAULT_SHARD_SIZE
 from llama_shared.errors import LlamaTwinError
 from llama_twin.conversion import FORMATS, convert, detect_format
+from llama_twin.conversion.formats.gguf import GGUF_TYPES
 from llama_twin.conversion.verify import VERIFY_PROMPT_LENGTH, max_logit_difference
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src", metavar="SRC", help="checkpoint folder to read (never modified)")
-    parser.add_argument("dst", metavar="DST", help="folder to write (must be empty or absent unless --overwrite)")
+    parser.add_argument("src", metavar="SRC", help="checkpoint folder or .gguf file to read (never modified)")
+    parser.add_argument("dst", metavar="DST",
+                        help="folder (or .gguf file) to write (must be empty or absent unless --overwrite)")
     parser.add_argument("--to", required=True, choices=FORMATS, help="format to write")
     parser.add_argument("--from", dest="from_format", choices=FORMATS, help="format of SRC (default: detected)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
@@ -26,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest safetensors file for --to hf, e.g. 5GB, 500MB (default 5GB)")
     parser.add_argument("--num-shards", type=int, default=1, metavar="N",
                         help="model-parallel consolidated.NN.pth files for --to meta (default 1)")
+    parser.add_argument("--type", dest="gguf_type", choices=GGUF_TYPES, default="f16",
+                        help="GGML type of the matrices for --to gguf (default f16; norms stay f32)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
     parser.add_argument("--verify", action="store_true",
                         help="load SRC and DST in their backends and print the max logit difference on a fixed prompt")
@@ -50,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         src_format = args.from_format or detect_format(args.src)
         convert(args.src, args.dst, args.to, from_format=src_format, dtype=args.dtype, shard_size=args.shard_size,
-                num_shards=args.num_shards, overwrite=args.overwrite, progress=args.progress)
+                num_shards=args.num_shards, gguf_type=args.gguf_type, overwrite=args.overwrite,
+                progress=args.progress)
         print(f"wrote {args.to} checkpoint {args.dst}")
         if args.verify:
             difference = max_logit_difference(args.src, src_format, args.dst, args.to)

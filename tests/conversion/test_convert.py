@@ -61,20 +61,21 @@ def test_hf_flax_hf_is_bit_exact(hf_checkpoint, tmp_path, case):
     assert_same_model_config(src, tmp_path / "back")
 
 
-def test_flax_checkpoint_is_one_orbax_tree_of_transformers_flax_params(hf_checkpoint, tmp_path, monkeypatch):
+def test_flax_checkpoint_is_one_orbax_tree_of_transformers_flax_params(hf_checkpoint, tmp_path, monkeypatch,
+                                                                       transformers_4):
     """Written in many partial saves (tiny groups), params/ still restores with plain Orbax as one tree
-    equal to transformers' own Flax parameters, and converts back bit-exactly."""
+    equal to transformers' own Flax parameters (4.57.6, the last with Flax), and converts back
+    bit-exactly."""
     import orbax.checkpoint as ocp
-    import transformers
 
     from llama_twin.conversion.formats import flax as convert_flax
     from llama_shared.naming import flatten_tree
 
     monkeypatch.setattr(convert_flax, "GROUP_BYTES", 40_000)
-    src = hf_checkpoint()
+    src = hf_checkpoint(config_form="4.x")
     convert(src, tmp_path / "flax", "flax", progress=False)
     restored = flatten_tree(ocp.v1.load(tmp_path / "flax" / "params"))
-    expected = flatten_tree(transformers.FlaxLlamaForCausalLM.from_pretrained(src, from_pt=True).params)
+    expected = transformers_4("flax_params", folder=src)
     assert sorted(restored) == sorted(expected)
     for path, array in expected.items():
         assert np.array_equal(np.asarray(restored[path]), np.asarray(array)), "/".join(path)
@@ -456,13 +457,9 @@ def test_kv_heads_not_divisible_by_model_parallel_files(hf_checkpoint, tmp_path)
 # Other sources and the command line
 
 
-def test_transformers_flax_msgpack_converts_to_hf(hf_checkpoint, tmp_path):
-    import transformers
-
-    src = hf_checkpoint(num_key_value_heads=4)
-    flax_model = transformers.FlaxLlamaForCausalLM.from_pretrained(src, from_pt=True)
-    flax_model.save_pretrained(tmp_path / "msgpack")
-    assert os.path.exists(tmp_path / "msgpack" / "flax_model.msgpack")
+def test_transformers_flax_msgpack_converts_to_hf(hf_checkpoint, tmp_path, transformers_4):
+    src = hf_checkpoint(num_key_value_heads=4, config_form="4.x")
+    assert "flax_model.msgpack" in transformers_4("save_flax", folder=src, destination=str(tmp_path / "msgpack"))
     convert(tmp_path / "msgpack", tmp_path / "hf", "hf", progress=False)
     assert_same_tensors(src, tmp_path / "hf")
 

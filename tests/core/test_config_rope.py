@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 from transformers import LlamaConfig as HFConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from llama_shared import rope
 from llama_shared.config import LlamaConfig
@@ -25,14 +27,28 @@ ROPE_TABLE_CASES = {
 SMALL = dict(vocab_size=100, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4)
 
 
+def assert_same_tables(ours: LlamaConfig, hf: HFConfig) -> None:
+    """inv_freq at several lengths and the attention factor, ours against transformers 5's."""
+    function = ROPE_INIT_FUNCTIONS.get(ours.rope_type, LlamaRotaryEmbedding.compute_default_rope_parameters)
+    for seq_len in (None, 100, 600):
+        hf_freq, hf_factor = function(hf, device="cpu", seq_len=seq_len)
+        np.testing.assert_allclose(rope.inv_freq(ours, seq_len), hf_freq.numpy(), rtol=2e-7, atol=0)
+        assert rope.attention_factor(ours) == pytest.approx(hf_factor, rel=1e-12)
+
+
 @pytest.mark.parametrize("case", sorted(ROPE_TABLE_CASES))
-@pytest.mark.parametrize("seq_len", [None, 100, 600])
-def test_rope_tables_equal_transformers(case, seq_len):
-    hf = HFConfig(**SMALL, **ROPE_TABLE_CASES[case])
-    ours = LlamaConfig.from_dict(hf.to_dict())
-    hf_freq, hf_factor = ROPE_INIT_FUNCTIONS[ours.rope_type](hf, "cpu", seq_len=seq_len)
-    np.testing.assert_allclose(rope.inv_freq(ours, seq_len), hf_freq.numpy(), rtol=2e-7, atol=0)
-    assert rope.attention_factor(ours) == pytest.approx(hf_factor, rel=1e-12)
+def test_rope_tables_equal_transformers(case):
+    """The config.json transformers 5 writes (rope_parameters), read by both."""
+    hf = HFConfig(**SMALL, **copy.deepcopy(ROPE_TABLE_CASES[case]))
+    assert_same_tables(LlamaConfig.from_dict(hf.to_dict()), hf)
+
+
+@pytest.mark.parametrize("case", sorted(ROPE_TABLE_CASES))
+def test_rope_tables_of_4x_config_files_equal_transformers_5(case, transformers_4):
+    """The config.json transformers 4.57.6 writes for the same settings, read as transformers 5 reads it."""
+    data = transformers_4("config_dict", overrides={**SMALL, **ROPE_TABLE_CASES[case]})
+    assert "rope_parameters" not in data and "rope_theta" in data
+    assert_same_tables(LlamaConfig.from_dict(copy.deepcopy(data)), HFConfig.from_dict(copy.deepcopy(data)))
 
 
 def test_dynamic_rope_rises_only_past_max_position_embeddings():
@@ -55,19 +71,20 @@ def test_length_dependent_rope_works_on_torch_and_traced_lengths():
         np.testing.assert_allclose(np.asarray(traced), expected, rtol=1e-6)
 
 
-def test_config_json_from_transformers_4x_round_trips(tmp_path):
-    hf = HFConfig(**SMALL, num_key_value_heads=2, head_dim=48, tie_word_embeddings=True, attention_bias=True,
-                  eos_token_id=[2, 7], **ROPE_CASES["llama3"])
-    hf.save_pretrained(tmp_path)
+def test_config_json_from_transformers_4x_round_trips(tmp_path, transformers_4):
+    settings = dict(**SMALL, num_key_value_heads=2, head_dim=48, tie_word_embeddings=True, attention_bias=True,
+                    eos_token_id=[2, 7], **ROPE_CASES["llama3"])
+    (tmp_path / "config.json").write_text(json.dumps(transformers_4("config_dict", overrides=settings)))
+    hf = HFConfig.from_pretrained(tmp_path)
     ours = LlamaConfig.from_pretrained(tmp_path)
     assert (ours.num_key_value_heads, ours.head_dim, ours.num_key_value_groups) == (2, 48, 2)
     assert ours.tie_word_embeddings and ours.attention_bias and ours.eos_token_ids == (2, 7)
-    assert ours.rope_scaling == hf.rope_scaling and ours.rope_theta == 500000.0
+    assert ours.rope_scaling == ROPE_CASES["llama3"]["rope_scaling"] and ours.rope_theta == 500000.0
     out = tmp_path / "ours"
     ours.save_pretrained(out)
     back = HFConfig.from_pretrained(out)
-    for name in ("hidden_size", "num_key_value_heads", "head_dim", "rope_theta", "rope_scaling",
-                 "tie_word_embeddings", "eos_token_id", "rms_norm_eps", "max_position_embeddings"):
+    for name in ("hidden_size", "num_key_value_heads", "head_dim", "rope_parameters", "tie_word_embeddings",
+                 "eos_token_id", "rms_norm_eps", "max_position_embeddings"):
         assert getattr(back, name) == getattr(hf, name), name
 
 

@@ -102,6 +102,19 @@ def test_sharded_loading_on_one_device_equals_from_pretrained(hf_checkpoint):
                                   np.asarray(plain(ids).logits))
 
 
+def test_pmap_forward_takes_the_mask_or_none(hf_checkpoint):
+    """The mask is optional, as documented: without it every token attends causally."""
+    model = FlaxLlamaForCausalLM.from_pretrained(hf_checkpoint())
+    ids = np.random.default_rng(0).integers(3, 128, size=(2, 12))
+    mask = np.ones_like(ids)
+    mask[1, :4] = 0
+    forward = parallel.pmap_forward(model)
+    without = np.asarray(forward(model.params, ids[None]))[0]
+    with_mask = np.asarray(forward(model.params, ids[None], mask[None]))[0]
+    np.testing.assert_allclose(without, np.asarray(model(ids).logits), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(with_mask[1, 4:], np.asarray(model(ids, mask).logits)[1, 4:], rtol=0, atol=1e-5)
+
+
 def test_sharded_params_do_not_alias_the_checkpoint_file(tmp_path):
     """jax.device_put on the CPU aliases a 64-byte-aligned host buffer instead of copying it. A block
     sliced from the memory-mapped checkpoint must not be handed over as it is: the params would then

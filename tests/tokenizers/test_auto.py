@@ -1,5 +1,7 @@
 """AutoTokenizer on directories written by transformers, and chat templates against transformers'
-apply_chat_template (Llama 2 [INST] and Llama 3 headers) and Meta's Llama 3 ChatFormat."""
+apply_chat_template (Llama 2 [INST] and Llama 3 headers) and Meta's Llama 3 ChatFormat. A folder
+with a tokenizer.json is held to transformers 5 (also tests/tokenizers/test_transformers5.py); the
+sentencepiece classes, which transformers 5 no longer has, to 4.57.6 in its own process."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import pytest
 
 from llama_shared.errors import TokenizerError
 from llama_shared.tokenizers import AutoTokenizer, Llama3Tokenizer, LlamaTokenizer, LlamaTokenizerFast
+from llama_shared.tokenizers.fast import PreTrainedTokenizerFast
 from llama_shared.tokenizers.llama3 import LLAMA3_SPECIAL_TOKENS
 
 transformers = pytest.importorskip("transformers")
@@ -52,26 +55,26 @@ def _same_ids(ours, ref, texts=TEXTS):
 
 
 @pytest.mark.parametrize("legacy", [True, False])
-def test_auto_from_transformers_fast_dir(tmp_path, legacy, trained_spm_path):
-    ref = transformers.LlamaTokenizerFast(vocab_file=str(trained_spm_path), from_slow=True, legacy=legacy,
-                                          add_prefix_space=True, add_eos_token=True)
-    ref.save_pretrained(tmp_path)
+def test_auto_from_transformers_fast_dir(tmp_path, legacy, trained_spm_path, transformers_4):
+    """A Llama 2 folder written by transformers 4.57.6 reads as transformers 5 reads it."""
+    transformers_4("save_llama_tokenizer", vocab_file=str(trained_spm_path), destination=str(tmp_path),
+                   kwargs={"legacy": legacy, "add_prefix_space": True, "add_eos_token": True})
     ref = transformers.AutoTokenizer.from_pretrained(tmp_path)
     ours = AutoTokenizer.from_pretrained(tmp_path)
-    assert isinstance(ours, LlamaTokenizerFast) and ours.add_eos_token
+    assert isinstance(ours, PreTrainedTokenizerFast) and ours.add_eos_token
     _same_ids(ours, ref)
 
 
 @pytest.mark.parametrize("legacy", [True, False])
-def test_auto_from_transformers_slow_dir(tmp_path, legacy, trained_spm_path):
-    ref = transformers.LlamaTokenizer(str(trained_spm_path), legacy=legacy, pad_token="</s>")
-    ref.save_pretrained(tmp_path)
+def test_auto_from_transformers_slow_dir(tmp_path, legacy, trained_spm_path, legacy_tokenizer):
+    ref = legacy_tokenizer("LlamaTokenizer", str(trained_spm_path), legacy=legacy, pad_token="</s>")
+    ref.save_pretrained(str(tmp_path))
     assert not (tmp_path / "tokenizer.json").exists()
     slow = AutoTokenizer.from_pretrained(tmp_path, use_fast=False)
     fast = AutoTokenizer.from_pretrained(tmp_path)
     assert isinstance(slow, LlamaTokenizer) and isinstance(fast, LlamaTokenizerFast)
-    _same_ids(slow, transformers.AutoTokenizer.from_pretrained(tmp_path, use_fast=False))
-    _same_ids(fast, transformers.AutoTokenizer.from_pretrained(tmp_path))
+    _same_ids(slow, legacy_tokenizer("AutoTokenizer.from_pretrained", str(tmp_path), use_fast=False))
+    _same_ids(fast, legacy_tokenizer("AutoTokenizer.from_pretrained", str(tmp_path)))
     assert slow.pad_token_id == fast.pad_token_id == ref.pad_token_id
 
 
@@ -86,7 +89,7 @@ def test_auto_llama3_tokenizer_json_and_meta_dir(tmp_path, llama3_tiktoken_path,
     assert ours.padding_side == ref.padding_side
     conv = CONVERSATIONS[1]
     assert ours.apply_chat_template(conv, add_generation_prompt=True) == ref.apply_chat_template(
-        conv, add_generation_prompt=True)
+        conv, add_generation_prompt=True, return_dict=False)
 
     meta_dir = tmp_path / "meta" / "original"
     meta_dir.mkdir(parents=True)
@@ -108,9 +111,9 @@ def test_auto_errors(tmp_path):
 
 @pytest.mark.parametrize("conversation", CONVERSATIONS[:2])
 @pytest.mark.parametrize("generation_prompt", [False, True])
-def test_llama2_chat_matches_transformers(conversation, generation_prompt, trained_spm_path):
+def test_llama2_chat_matches_transformers(conversation, generation_prompt, trained_spm_path, legacy_tokenizer):
     path = str(trained_spm_path)
-    ref = transformers.LlamaTokenizer(path, legacy=False)
+    ref = legacy_tokenizer("LlamaTokenizer", path, legacy=False)
     ref.chat_template = HUB_LLAMA2_TEMPLATE
     for ours in (LlamaTokenizer(path, legacy=False), LlamaTokenizerFast(path, legacy=False)):
         want = ref.apply_chat_template(conversation, add_generation_prompt=generation_prompt)
@@ -131,7 +134,7 @@ def test_llama3_chat_matches_transformers(conversation, generation_prompt, llama
     ref = hf_llama3_fast(tuple(LLAMA3_SPECIAL_TOKENS["3.1"]))
     ours = Llama3Tokenizer(llama3_tiktoken_path)
     want = ref.apply_chat_template(conversation, add_generation_prompt=generation_prompt,
-                                   chat_template=HUB_LLAMA3_TEMPLATE)
+                                   chat_template=HUB_LLAMA3_TEMPLATE, return_dict=False)
     assert ours.apply_chat_template(conversation, add_generation_prompt=generation_prompt) == want
 
 

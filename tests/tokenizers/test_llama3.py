@@ -36,7 +36,7 @@ def hf(hf_llama3_fast):
 
 @pytest.fixture(scope="module")
 def ours31(llama3_tiktoken_path):
-    return Llama3Tokenizer(llama3_tiktoken_path, clean_up_tokenization_spaces=True)
+    return Llama3Tokenizer(llama3_tiktoken_path, clean_up_tokenization_spaces=True)   # ignored, as in transformers 5
 
 
 def test_special_token_tables(meta, ours, llama3_tiktoken_path):

@@ -1,5 +1,7 @@
-"""LlamaTokenizer / LlamaTokenizerFast against transformers (and sentencepiece) on a Llama-style
-BPE model with byte fallback trained by the test, for both legacy settings and add_prefix_space."""
+"""LlamaTokenizer / LlamaTokenizerFast against transformers 4.57.6 (its slow sentencepiece
+LlamaTokenizer and its LlamaConverter-based LlamaTokenizerFast, which transformers 5 no longer has;
+run in the legacy process) and sentencepiece, on a Llama-style BPE model with byte fallback trained
+by the test, for both legacy settings and add_prefix_space."""
 
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ from llama_shared.errors import TokenizerError
 from llama_shared.tokenizers import LlamaTokenizer, LlamaTokenizerFast
 from tests.cases import TRICKY_PIECES, tricky_text
 
-transformers = pytest.importorskip("transformers")
 warnings.filterwarnings("ignore", message=".*legacy.*")
 
 CASES = ["", " ", "  ", "Hello", " Hello", "Hi  Hello", "Hi   Hello", "Hello <s>.", "<s>", "<s>uns", "</s> x",
@@ -24,14 +25,15 @@ HYPOTHESIS = settings(max_examples=50, deadline=None, suppress_health_check=[Hea
 
 
 @pytest.fixture(scope="module", params=SETTINGS, ids=lambda p: f"legacy={p[0]}-prefix={p[1]}")
-def pair(request, trained_spm_path):
+def pair(request, trained_spm_path, legacy_tokenizer):
     """(ours_slow, hf_slow, ours_fast, hf_fast) for one legacy/add_prefix_space setting."""
     legacy, aps = request.param
     path = str(trained_spm_path)
     return (LlamaTokenizer(path, legacy=legacy, add_prefix_space=aps),
-            transformers.LlamaTokenizer(path, legacy=legacy, add_prefix_space=aps),
+            legacy_tokenizer("LlamaTokenizer", path, legacy=legacy, add_prefix_space=aps),
             LlamaTokenizerFast(path, legacy=legacy, add_prefix_space=aps),
-            transformers.LlamaTokenizerFast(vocab_file=path, from_slow=True, legacy=legacy, add_prefix_space=aps))
+            legacy_tokenizer("LlamaTokenizerFast", vocab_file=path, from_slow=True, legacy=legacy,
+                             add_prefix_space=aps))
 
 
 def _check_text(pair, text: str) -> None:
@@ -71,13 +73,13 @@ def test_legacy_matches_raw_sentencepiece(trained_spm_path):
             assert ours.encode(text, add_special_tokens=False) == sp.encode(text), text
 
 
-def test_batch_call_padding_truncation_and_tensors(trained_spm_path):
+def test_batch_call_padding_truncation_and_tensors(trained_spm_path, legacy_tokenizer):
     path = str(trained_spm_path)
     texts = ["Hello world", "x", "", "a much longer sentence that will be truncated somewhere"]
     for ours, theirs in ((LlamaTokenizer(path, pad_token="<unk>", add_eos_token=True),
-                          transformers.LlamaTokenizer(path, pad_token="<unk>", add_eos_token=True, legacy=True)),
+                          legacy_tokenizer("LlamaTokenizer", path, pad_token="<unk>", add_eos_token=True, legacy=True)),
                          (LlamaTokenizerFast(path, pad_token="<unk>", add_eos_token=True),
-                          transformers.LlamaTokenizerFast(vocab_file=path, from_slow=True, pad_token="<unk>",
+                          legacy_tokenizer("LlamaTokenizerFast", vocab_file=path, from_slow=True, pad_token="<unk>",
                                                           add_eos_token=True, legacy=True, add_prefix_space=True))):
         assert ours.padding_side == theirs.padding_side
         for kwargs in ({"padding": True}, {"padding": "max_length", "max_length": 12},
@@ -109,9 +111,9 @@ def test_ragged_tensor_and_missing_pad_fail_clearly(trained_spm_path):
 
 
 @pytest.mark.parametrize("bos,eos", [(True, False), (False, True), (True, True), (False, False)])
-def test_special_token_helpers(bos, eos, trained_spm_path):
+def test_special_token_helpers(bos, eos, trained_spm_path, legacy_tokenizer):
     path = str(trained_spm_path)
-    ref = transformers.LlamaTokenizer(path, add_bos_token=bos, add_eos_token=eos, legacy=True)
+    ref = legacy_tokenizer("LlamaTokenizer", path, add_bos_token=bos, add_eos_token=eos, legacy=True)
     for ours in (LlamaTokenizer(path, add_bos_token=bos, add_eos_token=eos),
                  LlamaTokenizerFast(path, add_bos_token=bos, add_eos_token=eos)):
         a, b = [5, 6, 7], [8, 9]
@@ -127,11 +129,11 @@ def test_special_token_helpers(bos, eos, trained_spm_path):
         assert ours.convert_tokens_to_ids(["<s>", "▁", "<0x41>"]) == ref.convert_tokens_to_ids(["<s>", "▁", "<0x41>"])
 
 
-def test_fast_post_processor_follows_flags(trained_spm_path):
+def test_fast_post_processor_follows_flags(trained_spm_path, legacy_tokenizer):
     """Setting add_bos/add_eos after construction rewrites the post-processor (transformers #23855)."""
     path = str(trained_spm_path)
     ours = LlamaTokenizerFast(path)
-    ref = transformers.LlamaTokenizerFast(vocab_file=path, from_slow=True, legacy=True, add_prefix_space=True)
+    ref = legacy_tokenizer("LlamaTokenizerFast", vocab_file=path, from_slow=True, legacy=True, add_prefix_space=True)
     for bos, eos in ((False, True), (True, True), (False, False)):
         ours.add_bos_token, ours.add_eos_token = bos, eos
         ref.add_bos_token, ref.add_eos_token = bos, eos
@@ -141,9 +143,9 @@ def test_fast_post_processor_follows_flags(trained_spm_path):
         LlamaTokenizerFast(path, bos_token=None)
 
 
-def test_new_pad_token_gets_the_next_id(trained_spm_path):
+def test_new_pad_token_gets_the_next_id(trained_spm_path, legacy_tokenizer):
     path = str(trained_spm_path)
-    ref = transformers.LlamaTokenizer(path, pad_token="<pad>", legacy=True)
+    ref = legacy_tokenizer("LlamaTokenizer", path, pad_token="<pad>", legacy=True)
     for ours in (LlamaTokenizer(path, pad_token="<pad>"), LlamaTokenizerFast(path, pad_token="<pad>")):
         assert ours.pad_token_id == ref.pad_token_id == ref.vocab_size
         assert len(ours) == len(ref)

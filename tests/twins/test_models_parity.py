@@ -1,8 +1,10 @@
 """Both twins against transformers' Llama on the same random weights, for every config feature.
 
-Each case loads one saved transformers checkpoint into transformers, the torch twin and the Flax
+Each case loads one saved transformers checkpoint into transformers 5, the torch twin and the Flax
 twin and compares float32 logits on 300-token inputs (past every original_max_position_embeddings
-of the rope cases), one row left-padded.
+of the rope cases), one row left-padded. Each case runs twice: with the config.json transformers 5
+writes and with the one 4.57.6 writes for the same settings; the 4.x form is also compared with
+transformers 4.57.6 itself (in its own process, tests/oracle/), except where 4.57.6 has a known bug.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from llama_flax import (FlaxLlamaForCausalLM, FlaxLlamaForQuestionAnswering, Fla
                         FlaxLlamaForTokenClassification, FlaxLlamaModel)
 from llama_torch import (LlamaForCausalLM, LlamaForQuestionAnswering, LlamaForSequenceClassification,
                          LlamaForTokenClassification, LlamaModel)
-from tests.cases import MODEL_CASES
+from tests.cases import LEGACY_BUGS, MODEL_CASES
 
 TOL = 1e-4
 SEQ, PAD = 300, 37
@@ -48,15 +50,39 @@ def run_all(folder: str, ids: np.ndarray, mask: np.ndarray):
     return expected, torch_logits, flax_logits
 
 
+def legacy_outputs(transformers_4, folder: str, model_class: str, inputs: dict, fields=("logits",)) -> dict:
+    """transformers 4.57.6's outputs for numpy inputs (int64 ids and masks, labels as given)."""
+    return transformers_4("outputs", folder=folder, model_class=model_class, inputs=inputs, fields=list(fields))
+
+
+@pytest.mark.parametrize("form", ["5.x", "4.x"])
 @pytest.mark.parametrize("case", sorted(MODEL_CASES))
-def test_causal_lm_logits_equal_transformers(case, hf_checkpoint):
+def test_causal_lm_logits_equal_transformers(case, form, hf_checkpoint, request):
     ids, mask = padded_batch()
-    expected, torch_logits, flax_logits = run_all(hf_checkpoint(**MODEL_CASES[case]), ids, mask)
+    folder = hf_checkpoint(config_form=form, **MODEL_CASES[case])
+    expected, torch_logits, flax_logits = run_all(folder, ids, mask)
     assert np.abs(expected).max() > 0.5  # logits of order one: the tolerance is tight
     # Padding positions too: a query with no key outputs zeros in all three.
     np.testing.assert_allclose(torch_logits, expected, rtol=0, atol=TOL)
     np.testing.assert_allclose(flax_logits, expected, rtol=0, atol=TOL)
     np.testing.assert_allclose(flax_logits, torch_logits, rtol=0, atol=TOL)
+    if form == "4.x" and case not in LEGACY_BUGS:
+        legacy = legacy_outputs(request.getfixturevalue("transformers_4"), folder, "LlamaForCausalLM",
+                                {"input_ids": ids, "attention_mask": mask})["logits"]
+        np.testing.assert_allclose(torch_logits, legacy, rtol=0, atol=TOL)
+        np.testing.assert_allclose(flax_logits, legacy, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("case", sorted(LEGACY_BUGS))
+def test_transformers_4_known_bugs_are_real(case, hf_checkpoint, transformers_4):
+    """Where the matrix skips 4.57.6, 4.57.6 does differ from transformers 5 (and so from the twins)."""
+    ids, mask = padded_batch()
+    folder = hf_checkpoint(config_form="4.x", **MODEL_CASES[case])
+    hf = transformers.LlamaForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        expected = hf(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    legacy = legacy_outputs(transformers_4, folder, "LlamaForCausalLM", {"input_ids": ids, "attention_mask": mask})
+    assert np.abs(legacy["logits"] - expected).max() > 1e-3
 
 
 def test_right_padding_and_no_mask(hf_checkpoint):
@@ -125,18 +151,20 @@ def test_causal_lm_loss_equals_transformers(hf_checkpoint):
     assert got_t == pytest.approx(expected, abs=1e-5) and got_f == pytest.approx(expected, abs=1e-5)
 
 
-def test_base_model_equals_transformers(hf_checkpoint):
+def test_base_model_equals_transformers(hf_checkpoint, transformers_4):
     """LlamaModel loads from a causal-LM checkpoint (the "model." prefix stripped)."""
-    folder = hf_checkpoint()
+    folder = hf_checkpoint(config_form="4.x")
     ids, mask = padded_batch(seq=32, pad=4)
     with torch.no_grad():
         expected = transformers.LlamaModel.from_pretrained(folder)(torch.tensor(ids),
                                                                    attention_mask=torch.tensor(mask))
         got_t = LlamaModel.from_pretrained(folder)(torch.tensor(ids), torch.tensor(mask))
     got_f = FlaxLlamaModel.from_pretrained(folder)(ids, mask)
-    ref = valid(expected.last_hidden_state.numpy(), mask)
-    np.testing.assert_allclose(valid(got_t.last_hidden_state.numpy(), mask), ref, atol=TOL, rtol=0)
-    np.testing.assert_allclose(valid(got_f.last_hidden_state, mask), ref, atol=TOL, rtol=0)
+    legacy = legacy_outputs(transformers_4, folder, "LlamaModel", {"input_ids": ids, "attention_mask": mask},
+                            ("last_hidden_state",))["last_hidden_state"]
+    for ref in (valid(expected.last_hidden_state.numpy(), mask), valid(legacy, mask)):
+        np.testing.assert_allclose(valid(got_t.last_hidden_state.numpy(), mask), ref, atol=TOL, rtol=0)
+        np.testing.assert_allclose(valid(got_f.last_hidden_state, mask), ref, atol=TOL, rtol=0)
 
 
 HEADS = {
@@ -168,11 +196,11 @@ def head_labels(name: str, ids: np.ndarray, problem: str | None) -> dict:
     ("LlamaForQuestionAnswering", None),
     ("LlamaForTokenClassification", None),
 ])
-def test_task_heads_equal_transformers(name, problem, hf_checkpoint):
+def test_task_heads_equal_transformers(name, problem, hf_checkpoint, transformers_4):
     overrides = {"num_labels": 3} if name != "LlamaForQuestionAnswering" else {}
     if problem:
         overrides["problem_type"] = problem
-    folder = hf_checkpoint(model_class=name, **overrides)
+    folder = hf_checkpoint(model_class=name, config_form="4.x", **overrides)
     ids, mask = padded_batch(seq=24, pad=5, left=name != "LlamaForSequenceClassification")
     labels = head_labels(name, ids, problem)
     torch_cls, flax_cls = HEADS[name]
@@ -183,10 +211,13 @@ def test_task_heads_equal_transformers(name, problem, hf_checkpoint):
                                                   **{k: torch.tensor(v) for k, v in labels.items()})
     got_f = flax_cls.from_pretrained(folder)(ids, mask, **labels)
     fields = ("start_logits", "end_logits") if name == "LlamaForQuestionAnswering" else ("logits",)
+    legacy = legacy_outputs(transformers_4, folder, name, {"input_ids": ids, "attention_mask": mask, **labels},
+                            (*fields, "loss"))
     for field in fields:
-        expected = getattr(ref, field).numpy()
         rows = slice(None) if name == "LlamaForSequenceClassification" else mask.astype(bool)
-        np.testing.assert_allclose(getattr(got_t, field).numpy()[rows], expected[rows], atol=TOL, rtol=0)
-        np.testing.assert_allclose(np.asarray(getattr(got_f, field))[rows], expected[rows], atol=TOL, rtol=0)
-    assert got_t.loss.item() == pytest.approx(ref.loss.item(), abs=1e-5)
-    assert float(got_f.loss) == pytest.approx(ref.loss.item(), abs=1e-5)
+        for expected in (getattr(ref, field).numpy(), legacy[field]):
+            np.testing.assert_allclose(getattr(got_t, field).numpy()[rows], expected[rows], atol=TOL, rtol=0)
+            np.testing.assert_allclose(np.asarray(getattr(got_f, field))[rows], expected[rows], atol=TOL, rtol=0)
+    for loss in (ref.loss.item(), float(legacy["loss"])):
+        assert got_t.loss.item() == pytest.approx(loss, abs=1e-5)
+        assert float(got_f.loss) == pytest.approx(loss, abs=1e-5)
