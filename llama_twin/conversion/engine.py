@@ -30,6 +30,6 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, *, from_for
     source = prefetched(source)
     if progress:
         source = with_progress(source, f"{fmt} -> {to}")
-    with staged_output(dst) as staging:
+    with staged_output(dst, overwrite) as staging:
         target.write(source, staging, WriteOptions(shard_size=shard_size, num_shards=num_shards))
     return os.fspath(dst)

@@ -19,7 +19,7 @@ from llama_twin.cli import main
 from llama_shared.config import LlamaConfig
 from llama_twin.conversion import convert, detect_format
 from llama_twin.conversion.formats.meta import ffn_hidden_size, meta_ffn_params
-from llama_shared.errors import CheckpointError
+from llama_shared.errors import CheckpointError, ConversionError, LlamaTwinError
 
 LLAMA31_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                 "original_max_position_embeddings": 8192}
@@ -329,7 +329,7 @@ def assert_fails_cleanly(src, dst, to, match, **kwargs) -> None:
     before = folder_digest(str(src))
     dst_before = folder_digest(str(dst)) if os.path.exists(dst) else None
     siblings = set(os.listdir(os.path.dirname(os.path.realpath(dst))))
-    with pytest.raises(CheckpointError, match=match):
+    with pytest.raises(LlamaTwinError, match=match):
         convert(src, dst, to, progress=False, **kwargs)
     assert folder_digest(str(src)) == before
     assert (folder_digest(str(dst)) if os.path.exists(dst) else None) == dst_before
@@ -436,7 +436,7 @@ def test_non_empty_destination_needs_overwrite(hf_checkpoint, tmp_path):
     dst = tmp_path / "dst"
     dst.mkdir()
     (dst / "notes.txt").write_text("mine")
-    with pytest.raises(CheckpointError, match="not empty"):
+    with pytest.raises(ConversionError, match="not empty"):
         convert(hf_checkpoint(), dst, "meta", progress=False)
     assert (dst / "notes.txt").read_text() == "mine"
     convert(hf_checkpoint(), dst, "meta", overwrite=True, progress=False)
