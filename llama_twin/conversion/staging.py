@@ -7,6 +7,11 @@ no-replace rename (Linux renameat2 with RENAME_NOREPLACE) it is used, elsewhere 
 checked just before a plain rename, which can then replace at most an empty folder made in between.
 A destination that appears while the conversion runs is left as it is; the finished output is kept
 beside it and the error says where.
+
+A staging folder holds a marker naming its writer (host, boot, process id and start time). SIGINT,
+SIGTERM and SIGHUP remove it at once; after a SIGKILL (or a power cut) the next conversion into the
+same parent folder removes it, but only when the marker proves its writer gone. A folder without
+the marker, or whose writer may still run, is never touched.
 """
 
 from __future__ import annotations
@@ -14,13 +19,25 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import json
 import os
+import re
 import shutil
+import signal
+import socket
 import tempfile
+import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from llama_shared.errors import ConversionError
+
+MARKER = ".llama-twin-staging.json"
+# Staging folders (.NAME.partial-*) and folders holding a destination being replaced (.NAME.replaced-*).
+_OURS = re.compile(r"^\..+\.(partial|replaced)-[A-Za-z0-9_]+$")
+_TERMINATING = ("SIGINT", "SIGTERM", "SIGHUP")
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
@@ -70,28 +87,40 @@ def check_destination(src: str | os.PathLike, dst: str | os.PathLike, overwrite:
 
 @contextmanager
 def staged_output(dst: str | os.PathLike, overwrite: bool = False) -> Iterator[str]:
-    """Yield a temporary folder beside dst; on success rename it into place, on any error remove it,
-    so dst is either untouched or complete.
+    """Yield a temporary folder beside dst; on success rename it into place, on any error (and on
+    SIGINT, SIGTERM, SIGHUP) remove it, so dst is either untouched or complete.
 
     Without overwrite, dst may only be absent or the empty folder check_destination found; if
     anything else is there at the end, it is left untouched and ConversionError says where the
-    finished output was kept. With overwrite, whatever is at dst is replaced.
+    finished output was kept. With overwrite, whatever is at dst is replaced. Stale staging folders
+    of killed conversions into the same parent are removed first (see remove_stale).
     """
     dst = os.path.realpath(dst)
     parent, name = os.path.split(dst)
-    os.makedirs(parent, exist_ok=True)
-    was_empty_folder = os.path.isdir(dst)
-    staging = tempfile.mkdtemp(prefix=f".{name}.partial-", dir=parent)
     try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    os.chmod(staging, 0o777 & ~_umask())
-    if overwrite:
-        _replace(staging, dst)
-    else:
-        _place(staging, dst, was_empty_folder)
+        os.makedirs(parent, exist_ok=True)
+        remove_stale(parent)
+        was_empty_folder = os.path.isdir(dst)
+        staging = tempfile.mkdtemp(prefix=f".{name}.partial-", dir=parent)
+    except OSError as e:
+        raise ConversionError(f"cannot create a staging folder for {dst} in {parent}: {e.strerror}") from None
+    with _terminating_signals_raise():
+        try:
+            _mark(staging)
+            yield staging
+        except OSError as e:  # a full disk, a read-only or vanished folder, an unreadable source file
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ConversionError(f"conversion into {dst} stopped and left nothing behind: {e}") from e
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    with _signals_deferred():
+        os.remove(os.path.join(staging, MARKER))
+        os.chmod(staging, 0o777 & ~_umask())
+        if overwrite:
+            _replace(staging, dst)
+        else:
+            _place(staging, dst, was_empty_folder)
 
 
 def _place(staging: str, dst: str, was_empty_folder: bool) -> None:
@@ -130,9 +159,151 @@ def _replace(staging: str, dst: str) -> None:
         except FileExistsError:
             pass
     retired = tempfile.mkdtemp(prefix=f".{name}.replaced-", dir=parent)
+    _mark(retired)
     os.rename(dst, os.path.join(retired, name))
     os.rename(staging, dst)
+    shutil.rmtree(os.path.join(retired, name))
     shutil.rmtree(retired)
+
+
+# ------------------------------------------------------------------------------------------------
+# Killed conversions
+
+
+def remove_stale(parent: str) -> None:
+    """Remove the staging folders in parent whose marker proves their writer gone. A folder that still
+    holds a destination being replaced is left, with a warning naming it, since it may be the only
+    copy of what was there."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(parent, name)
+        if not _OURS.match(name) or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        writer = _read_mark(path)
+        if writer is None or not _writer_gone(writer):
+            continue
+        contents = set(os.listdir(path)) - {MARKER}
+        if ".replaced-" in name and contents:
+            warnings.warn(f"{path} holds the previous contents of a destination whose replacement was killed "
+                          f"midway; check it and remove it yourself", stacklevel=3)
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _writer() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "boot": _boot_id(), "pid": os.getpid(), "started": _start_time(os.getpid())}
+
+
+def _mark(folder: str) -> None:
+    with open(os.path.join(folder, MARKER), "w", encoding="utf-8") as f:
+        json.dump(_writer(), f)
+
+
+def _read_mark(folder: str) -> dict[str, Any] | None:
+    path = os.path.join(folder, MARKER)
+    try:
+        if os.path.islink(path) or os.path.getsize(path) > 4096:
+            return None
+        with open(path, encoding="utf-8") as f:
+            writer = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(writer, dict) or not isinstance(writer.get("pid"), int) or isinstance(writer["pid"], bool):
+        return None
+    return writer
+
+
+def _writer_gone(writer: dict[str, Any]) -> bool:
+    """True only when the process that wrote the marker has certainly ended: same host, and another
+    boot, or no such process, or a process of that id started at another time (an id reused)."""
+    if os.name != "posix" or writer.get("host") != socket.gethostname():
+        return False
+    boot = _boot_id()
+    if boot is not None and writer.get("boot") is not None and writer["boot"] != boot:
+        return True
+    try:
+        os.kill(writer["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        return False
+    started = _start_time(writer["pid"])
+    return started is not None and writer.get("started") is not None and started != writer["started"]
+
+
+def _boot_id() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _start_time(pid: int) -> int | None:
+    """A process's start time in clock ticks since boot (Linux /proc); None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class _Terminated(BaseException):
+    """A terminating signal, raised to unwind (and remove the staging folder) before dying of it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _terminating_signals_raise() -> Iterator[None]:
+    """Within the block, SIGINT, SIGTERM and SIGHUP that would end the process unwind it first (so
+    that cleanups run), then end it as they would have. Only in the main thread, only for signals
+    left at their default action (Python's own SIGINT already raises KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    installed = {}
+    for name in _TERMINATING:
+        signum = getattr(signal, name, None)
+        if signum is not None and signal.getsignal(signum) == signal.SIG_DFL:
+            installed[signum] = signal.signal(signum, _raise_terminated)
+    try:
+        yield
+    except _Terminated as terminated:
+        _restore(installed)
+        signal.raise_signal(terminated.signum)
+        raise
+    finally:
+        _restore(installed)
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated(signum)
+
+
+def _restore(handlers: dict[int, Any]) -> None:
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP back while the output is moved into place (POSIX)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = {getattr(signal, name) for name in _TERMINATING if hasattr(signal, name)}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _umask() -> int:

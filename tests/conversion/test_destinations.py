@@ -7,8 +7,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -96,3 +98,94 @@ def test_rename_no_replace_refuses_any_occupant(tmp_path, monkeypatch, occupant,
     assert (tmp_path / "new" / "data").read_text() == "new"
     staging.rename_no_replace(str(tmp_path / "new"), str(tmp_path / "free"))
     assert (tmp_path / "free" / "data").read_text() == "new"
+
+
+# ------------------------------------------------------------------------------------------------
+# Interrupted and killed conversions
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# `llama-twin convert SRC DST --to hf` whose first tensor write waits, after touching argv[3].
+STALLED_CONVERT = """
+import sys, time
+from llama_shared.checkpoints import safetensors
+
+def stalled_write(self, name, array):
+    open(sys.argv[3], "w").close()
+    time.sleep(300)
+
+safetensors.SafetensorsWriter.write = stalled_write
+from llama_twin.cli import main
+sys.exit(main(["convert", sys.argv[1], sys.argv[2], "--to", "hf", "--no-progress"]))
+"""
+
+
+def stalled_conversion(src, dst, started):
+    """A conversion in another process, stopped inside its first write (its staging folder made)."""
+    process = subprocess.Popen([sys.executable, "-c", STALLED_CONVERT, str(src), str(dst), str(started)],
+                               cwd=REPOSITORY, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    for _ in range(1200):
+        if started.exists() or process.poll() is not None:
+            break
+        time.sleep(0.1)
+    assert started.exists(), process.communicate()
+    return process
+
+
+def staging_folders(parent) -> list[str]:
+    return sorted(n for n in os.listdir(parent) if ".partial-" in n)
+
+
+def test_sigterm_removes_the_staging_folder_at_once(hf_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    process = stalled_conversion(hf_checkpoint(), out / "dst", tmp_path / "started")
+    assert len(staging_folders(out)) == 1
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    assert process.returncode == -signal.SIGTERM
+    assert os.listdir(out) == []
+
+
+def test_sigint_removes_the_staging_folder(hf_checkpoint, tmp_path, monkeypatch):
+    from llama_shared.checkpoints import safetensors
+
+    def interrupted_write(self, name, array):
+        assert len(staging_folders(tmp_path)) == 1
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(10)
+
+    monkeypatch.setattr(safetensors.SafetensorsWriter, "write", interrupted_write)
+    with pytest.raises(KeyboardInterrupt):
+        convert(hf_checkpoint(), tmp_path / "dst", "hf", progress=False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_next_run_removes_a_killed_runs_staging_folder_and_nothing_else(hf_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    process = stalled_conversion(hf_checkpoint(), out / "dst", tmp_path / "started")
+    process.kill()
+    process.communicate(timeout=60)
+    [killed] = staging_folders(out)
+    # Look-alikes that are not provably stale: no marker (not ours), and a marker of a live writer.
+    (out / ".dst.partial-notours").mkdir()
+    (out / ".dst.partial-notours" / "keep.txt").write_text("mine")
+    (out / ".other.partial-running").mkdir()
+    staging._mark(str(out / ".other.partial-running"))
+    convert(hf_checkpoint(), out / "dst", "hf", progress=False)
+    assert killed not in os.listdir(out)
+    assert sorted(os.listdir(out)) == [".dst.partial-notours", ".other.partial-running", "dst"]
+    assert (out / ".dst.partial-notours" / "keep.txt").read_text() == "mine"
+    assert_same_weights(hf_checkpoint(), out / "dst")
+
+
+def test_a_marker_proves_a_writer_gone_only_on_this_host_and_for_a_dead_or_reused_process_id():
+    alive = staging._writer()
+    assert not staging._writer_gone(alive)
+    assert not staging._writer_gone({**alive, "host": alive["host"] + "-elsewhere", "pid": 2**22 + 1})
+    assert staging._writer_gone({**alive, "pid": 2**22 + 1})  # above Linux's largest process id
+    if alive["started"] is not None:
+        assert staging._writer_gone({**alive, "started": alive["started"] + 1})
+    if alive["boot"] is not None:
+        assert staging._writer_gone({**alive, "boot": "another-boot"})
