@@ -15,7 +15,6 @@ import sys
 import numpy as np
 
 from llama_shared.checkpoints import resolve_model_dir
-from llama_shared.errors import LlamaTwinError
 from llama_shared.streaming import TextStreamer
 from llama_shared.tokenizers import AutoTokenizer
 from llama_twin.backends import Backend, get_backend
@@ -55,27 +54,25 @@ def run(args: argparse.Namespace) -> int:
     if not prompts:
         print("llama-twin generate: no prompt given (pass PROMPT arguments or lines on stdin)", file=sys.stderr)
         return 2
-    try:
-        backend = get_backend(args.backend)
-        model, tokenizer = _load(backend, args)
-        max_new_tokens = args.max_new_tokens or model.generation_defaults().max_new_tokens or DEFAULT_MAX_NEW_TOKENS
-        sampling = dict(max_new_tokens=max_new_tokens, min_new_tokens=args.min_new_tokens,
-                        do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                        min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
-        for prompt in prompts:
-            ids = _encode(tokenizer, prompt, args)
-            pieces = []
-            streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True,
-                                    on_text=_write if args.stream else pieces.append)
-            stats = {}
-            model.generate(backend.from_numpy(np.asarray([ids], np.int64)), streamer=streamer, stats=stats, **sampling)
-            if not args.stream:
-                _write("".join(pieces))
-            _write("\n")
-            print(_closing_line(stats), file=sys.stderr, flush=True)
-    except (LlamaTwinError, FileNotFoundError) as e:
-        print(f"llama-twin generate: {e}", file=sys.stderr)
-        return 1
+    backend = get_backend(args.backend)
+    model, tokenizer = _load(backend, args)
+    max_new_tokens = args.max_new_tokens
+    if max_new_tokens is None:
+        max_new_tokens = model.generation_defaults().max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    sampling = dict(max_new_tokens=max_new_tokens, min_new_tokens=args.min_new_tokens,
+                    do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                    min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+    for prompt in prompts:
+        ids = _encode(tokenizer, prompt, args)
+        pieces = []
+        streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True,
+                                on_text=_write if args.stream else pieces.append)
+        stats = {}
+        model.generate(backend.from_numpy(np.asarray([ids], np.int64)), streamer=streamer, stats=stats, **sampling)
+        if not args.stream:
+            _write("".join(pieces))
+        _write("\n")
+        print(_closing_line(stats), file=sys.stderr, flush=True)
     return 0
 
 

@@ -477,4 +477,4 @@ def test_cli_convert_and_verify(hf_checkpoint, tmp_path, capsys):
     difference = float(capsys.readouterr().out.rsplit(":", 1)[1])
     assert difference < 1e-4
     assert main(["convert", src, str(tmp_path / "meta"), "--to", "hf", "--no-progress"]) == 1
-    assert "is not empty" in capsys.readouterr().out
+    assert "is not empty" in capsys.readouterr().err
