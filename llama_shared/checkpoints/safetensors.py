@@ -162,15 +162,22 @@ class Checkpoint:
 
 
 def _read_index(index_path: str) -> dict[str, str]:
+    """The index's weight_map, each shard named by a plain path inside the folder.
+
+    The check is on the names as written, not on where they lead: huggingface_hub's cache stores a
+    snapshot's files as symlinks into ../../blobs/, which a shard may be."""
     try:
         with open(index_path, encoding="utf-8") as f:
             weight_map = json.load(f)["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
         raise CheckpointError(f"{index_path} is not a safetensors index (expected a 'weight_map' object)") from None
-    folder = os.path.realpath(os.path.dirname(index_path))
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index_path}: 'weight_map' must be a non-empty object of tensor name -> shard file")
     for key, name in weight_map.items():
-        target = os.path.realpath(os.path.join(folder, name))
-        if os.path.isabs(name) or os.path.dirname(target) != folder:
+        if not isinstance(name, str) or not name.endswith(".safetensors"):
+            raise CheckpointError(f"{index_path} places tensor {key!r} in {name!r}; expected a .safetensors file name")
+        parts = name.replace("\\", "/").split("/")
+        if os.path.isabs(name) or "" in parts or ".." in parts:
             raise CheckpointError(f"{index_path} places tensor {key!r} in {name!r}, outside the checkpoint folder")
     return dict(weight_map)
 
