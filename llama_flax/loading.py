@@ -27,11 +27,11 @@ from llama_shared.checkpoints import (DEFAULT_SHARD_SIZE, INDEX_FILE, SINGLE_FIL
 from llama_shared.config import LlamaConfig
 from llama_shared.errors import CheckpointError
 from llama_shared.generation import GenerationConfig
-from llama_shared.naming import check_shape, checkpoint_key_map, flatten_tree, hf_key, hf_key_order, unflatten_tree
+from llama_shared.naming import check_shape, flatten_tree, hf_key, hf_key_order, unflatten_tree
+from llama_shared.parameters import check_tensors, checkpoint_specs
 from llama_shared.progress import byte_progress
 from llama_shared.quantization import QuantizationConfig, checkpoint_metadata, open_for_loading
 
-HEAD_MODULES = ("score", "qa_outputs")
 MSGPACK_FILE = "flax_model.msgpack"
 
 
@@ -148,15 +148,18 @@ class FlaxPreTrainedModel(GenerationMixin):
         return model
 
     def params_from_checkpoint(self, checkpoint: Checkpoint, place: Callable[..., jax.Array] | None = None) -> Any:
-        """The param tree from a checkpoint, names and shapes checked, missing task heads initialised.
+        """The param tree from a checkpoint whose names, shapes and dtypes are first checked against
+        the config (llama_shared.parameters, before anything is traced or allocated); missing task
+        heads are initialised.
 
         place(path, spec, checkpoint, key, transposed) puts one stored tensor where it belongs; by default
         it is read whole onto the default device (llama_flax.parallel places blocks on a mesh).
         """
+        key_map = check_tensors(checkpoint_specs(checkpoint), self.config, type(self).__name__.removeprefix("Flax"),
+                                checkpoint.directory)
         place = place or _read_whole
         shapes = self.param_shapes()
         keys = {path: hf_key(path) for path in shapes}
-        key_map = checkpoint_key_map([k for k, _ in keys.values()], checkpoint.keys(), self.base_prefix)
         flat, fresh = {}, []
         sizes = (((path, spec), tensor_nbytes(checkpoint, key_map[keys[path][0]]) if key_map[keys[path][0]] else 0)
                  for path, spec in shapes.items())
@@ -164,13 +167,9 @@ class FlaxPreTrainedModel(GenerationMixin):
             name, transposed = keys[path]
             source = key_map[name]
             if source is None:
-                if path[0] in HEAD_MODULES:
-                    fresh.append(name)
-                    flat[path] = self._random_param(path, spec, jax.random.PRNGKey(len(fresh)))
-                    continue
-                raise CheckpointError(f"tensor {name!r} is missing from the checkpoint at {checkpoint.directory}")
-            expected = tuple(reversed(spec.shape)) if transposed else spec.shape
-            check_shape(source, checkpoint.shape(source), expected, checkpoint.directory)
+                fresh.append(name)
+                flat[path] = self._random_param(path, spec, jax.random.PRNGKey(len(fresh)))
+                continue
             flat[path] = place(path, spec, checkpoint, source, transposed)
         if fresh:
             warnings.warn(f"{', '.join(fresh)} not in the checkpoint: newly initialised, train before use",

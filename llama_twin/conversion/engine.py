@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from llama_shared.checkpoints import DEFAULT_SHARD_SIZE, dtype_from_name
+from llama_shared.parameters import check_tensors, model_class_of
 from llama_twin.conversion.formats.base import WriteOptions
 from llama_twin.conversion.registry import detect_format, get_format, open_source
 from llama_twin.conversion.source import cast_source, prefetched, with_progress
@@ -17,14 +18,16 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, *, from_for
             overwrite: bool = False, progress: bool = True) -> str:
     """Convert the checkpoint folder src into dst in format ``to`` ("hf", "flax" or "meta").
 
-    The source format is detected unless from_format names it. dtype ("bfloat16", "float16",
-    "float32") casts floating tensors; shard_size caps each safetensors file (hf); num_shards is
-    the number of model-parallel consolidated.NN.pth files (meta). Returns dst.
+    The source format is detected unless from_format names it; its tensors are checked against its
+    config (names, shapes, dtypes, nothing extra) before anything is written. dtype ("bfloat16",
+    "float16", "float32") casts floating tensors; shard_size caps each safetensors file (hf);
+    num_shards is the number of model-parallel consolidated.NN.pth files (meta). Returns dst.
     """
     target = get_format(to)
     check_destination(src, dst, overwrite)
     fmt = from_format or detect_format(src)
     source = open_source(src, fmt)
+    check_tensors(source.specs, source.config, model_class_of(source.config), os.fspath(src), exact=True)
     if dtype is not None:
         source = cast_source(source, dtype_from_name(dtype))
     source = prefetched(source)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from llama_shared.checkpoints import Checkpoint
+from llama_shared.checkpoints import Checkpoint, save_tensors
 from llama_twin.cli import main
 from llama_shared.config import LlamaConfig
 from llama_twin.conversion import convert, detect_format
@@ -442,6 +442,45 @@ def test_non_empty_destination_needs_overwrite(hf_checkpoint, tmp_path):
     convert(hf_checkpoint(), dst, "meta", overwrite=True, progress=False)
     assert sorted(os.listdir(dst)) == ["consolidated.00.pth", "params.json"]
     assert sorted(os.listdir(tmp_path)) == ["dst"]
+
+
+def damaged_copy(folder, tmp_path, edit) -> str:
+    """A copy of an hf checkpoint whose tensors edit(state) changed."""
+    copy = tmp_path / "damaged"
+    shutil.copytree(folder, copy)
+    checkpoint = Checkpoint(copy)
+    state = {key: np.array(checkpoint.get(key)) for key in checkpoint.keys()}
+    edit(state)
+    os.remove(copy / "model.safetensors")
+    save_tensors(copy, state)
+    return str(copy)
+
+
+SOURCE_DAMAGE = {
+    "missing tensor": (lambda s: s.pop("model.layers.1.self_attn.k_proj.weight"),
+                       r"'model\.layers\.1\.self_attn\.k_proj\.weight' is missing"),
+    "wrong shape": (lambda s: s.update({"model.norm.weight": s["model.norm.weight"][:-1]}),
+                    r"'model\.norm\.weight' .* shape \(63,\), but the config expects \(64,\)"),
+    "extra layer": (lambda s: s.update({"model.layers.2.input_layernorm.weight": s["model.norm.weight"]}),
+                    r"'model\.layers\.2\.input_layernorm\.weight' .* is not part of the LlamaForCausalLM"),
+    "integer weights": (lambda s: s.update({"lm_head.weight": s["lm_head.weight"].astype(np.int8)}),
+                        r"'lm_head\.weight' .* is int8, but the model needs floating weights"),
+}
+
+
+@pytest.mark.parametrize("to", ["hf", "meta", "flax"])
+@pytest.mark.parametrize("damage", sorted(SOURCE_DAMAGE))
+def test_source_that_does_not_fit_its_config_fails_before_writing(hf_checkpoint, tmp_path, damage, to):
+    edit, message = SOURCE_DAMAGE[damage]
+    src = damaged_copy(hf_checkpoint(), tmp_path, edit)
+    assert_fails_cleanly(src, tmp_path / "out", to, message)
+
+
+def test_cli_refuses_a_broken_source_with_status_1(hf_checkpoint, tmp_path, capsys):
+    src = damaged_copy(hf_checkpoint(), tmp_path, SOURCE_DAMAGE["missing tensor"][0])
+    assert main(["convert", src, str(tmp_path / "out"), "--to", "hf", "--no-progress"]) == 1
+    assert "is missing" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out")
 
 
 def test_meta_cannot_express_attention_bias(hf_checkpoint, tmp_path):

@@ -35,6 +35,7 @@ from llama_shared.config import LlamaConfig
 from llama_shared.errors import CheckpointError
 from llama_shared.naming import (LLAMA3_MIN_VOCAB, hf_key_from_meta, interleaved_from_rotate_half, is_ignored_key,
                                  meta_key, meta_split_dim, rotary_rows_heads, rotate_half_from_interleaved)
+from llama_shared.parameters import model_tensors
 from llama_twin.conversion.formats.base import Format, WriteOptions
 from llama_twin.conversion.source import TensorSource, carried_files, write_side_files
 
@@ -243,15 +244,10 @@ def meta_source(path: str | os.PathLike) -> TensorSource:
 
 
 def expected_meta_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
-    """The full (merged) shape of every Meta tensor of a config."""
-    h, v, i = config.hidden_size, config.vocab_size, config.intermediate_size
-    q, kv = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
-    layer = {"attention.wq": (q, h), "attention.wk": (kv, h), "attention.wv": (kv, h), "attention.wo": (h, q),
-             "feed_forward.w1": (i, h), "feed_forward.w2": (h, i), "feed_forward.w3": (i, h),
-             "attention_norm": (h,), "ffn_norm": (h,)}
-    shapes = {"tok_embeddings.weight": (v, h), "norm.weight": (h,), "output.weight": (v, h)}
-    for n in range(config.num_hidden_layers):
-        shapes.update({f"layers.{n}.{m}.weight": s for m, s in layer.items()})
+    """The full (merged) shape of every Meta tensor of a config; output.weight is listed for tied
+    models too, which Meta stores as a copy of the embedding."""
+    shapes = {meta_key(key): spec.shape for key, spec in model_tensors(config).items()}
+    shapes["output.weight"] = (config.vocab_size, config.hidden_size)
     return shapes
 
 
