@@ -223,7 +223,8 @@ def plan_generation(input_ids: Any, attention_mask: Any, config: GenerationConfi
 
     input_ids and attention_mask are host arrays (numpy or anything np.asarray takes). Raises
     GenerationError for an empty prompt, a row with no real token, a token id outside the
-    vocabulary, or a prompt that leaves no room in max_length or in the given cache_length. As in
+    vocabulary, a prompt that leaves no room in max_length or in the given cache_length, or a length
+    past the model's positions (position_limit), before any backend allocates a cache for it. As in
     transformers, a max_length left at its default of 20 (not given by the call) means 20 new tokens,
     capped at max_position_embeddings; max_length_given says the call set it.
     """
@@ -272,6 +273,12 @@ def plan_generation(input_ids: Any, attention_mask: Any, config: GenerationConfi
     min_new = max(config.min_new_tokens or 0, config.min_length - prompt_length, 0)
 
     needed = prompt_length + max_new
+    limit = position_limit(model_config)
+    if needed > limit:
+        asked = f"max_new_tokens {max_new}" if config.max_new_tokens is not None else f"max_length {config.max_length}"
+        raise GenerationError(f"{asked} with a {prompt_length}-token prompt needs {needed} positions, more than the "
+                              f"model's limit of {limit} ({_limit_reason(model_config)}); ask for at most "
+                              f"{max(limit - prompt_length, 0)} new tokens")
     if cache_length is None:
         cache_length = bucket_length(needed)
     elif prompt_length >= cache_length:
@@ -280,6 +287,20 @@ def plan_generation(input_ids: Any, attention_mask: Any, config: GenerationConfi
         raise GenerationError(f"the prompt ({prompt_length} tokens) and max_new_tokens ({max_new}) need "
                               f"{needed} cache slots, more than the cache of {cache_length}")
     return DecodePlan(config, batch, prompt_length, max_new, min_new, eos, pad, cache_length)
+
+
+def position_limit(model_config: LlamaConfig) -> int:
+    """The most positions a generation may use: max_position_embeddings, times the factor for dynamic
+    rope scaling (which exists to stretch past it)."""
+    if model_config.rope_type == "dynamic":
+        return int(model_config.max_position_embeddings * model_config.rope_scaling["factor"])
+    return model_config.max_position_embeddings
+
+
+def _limit_reason(model_config: LlamaConfig) -> str:
+    if model_config.rope_type == "dynamic":
+        return "max_position_embeddings times the dynamic rope factor"
+    return "max_position_embeddings"
 
 
 def bucket_length(length: int) -> int:
