@@ -26,6 +26,7 @@ from llama_shared.checkpoints import (DEFAULT_SHARD_SIZE, INDEX_FILE, SINGLE_FIL
                                      resolve_model_dir, tensor_nbytes, write_checkpoint)
 from llama_shared.config import LlamaConfig
 from llama_shared.errors import CheckpointError
+from llama_shared.files import open_regular
 from llama_shared.generation import GenerationConfig
 from llama_shared.naming import check_shape, flatten_tree, hf_key, hf_key_order, unflatten_tree
 from llama_shared.parameters import check_tensors, checkpoint_specs
@@ -184,8 +185,11 @@ class FlaxPreTrainedModel(GenerationMixin):
         return (jnp.ones if path[-1] == "weight" else jnp.zeros)(spec.shape, spec.dtype)
 
     def _params_from_msgpack(self, path: str) -> Any:
-        with open(path, "rb") as f:
-            state = serialization.msgpack_restore(f.read())
+        with open_regular(path, CheckpointError) as f:
+            try:
+                state = serialization.msgpack_restore(f.read())
+            except Exception as e:  # noqa: BLE001 - msgpack raises its own exception types
+                raise CheckpointError(f"{path} is not a readable flax msgpack file: {e}") from None
         flat = flatten_tree(state)
         prefix_free = {p[1:] if p[0] in ("model", "transformer") else p: v for p, v in flat.items()}
         out = {}

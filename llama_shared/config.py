@@ -16,6 +16,7 @@ from typing import Any
 
 from llama_shared.checkpoints.hub import resolve_model_dir
 from llama_shared.errors import ConfigError
+from llama_shared.files import read_json
 from llama_shared.presets import PRESETS
 
 ACTIVATIONS = ("silu", "swish", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
@@ -268,13 +269,7 @@ class LlamaConfig:
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "LlamaConfig":
         """Read a config.json; errors name the file."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"no config.json at {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-            raise ConfigError(f"{path} is not valid JSON: {e}") from None
+        data = read_json(path, ConfigError)
         try:
             return cls.from_dict(data)
         except ConfigError as e:

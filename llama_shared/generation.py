@@ -19,6 +19,7 @@ import numpy as np
 
 from llama_shared.config import LlamaConfig
 from llama_shared.errors import GenerationError
+from llama_shared.files import read_json
 
 GENERATION_CONFIG_FILE = "generation_config.json"
 
@@ -87,11 +88,7 @@ class GenerationConfig:
     def from_pretrained(cls, directory: str | os.PathLike) -> "GenerationConfig":
         """Read directory/generation_config.json."""
         path = os.path.join(directory, GENERATION_CONFIG_FILE)
-        try:
-            with open(path, encoding="utf-8") as f:
-                values = json.load(f)
-        except json.JSONDecodeError as e:
-            raise GenerationError(f"{path} is not valid JSON: {e}") from None
+        values = read_json(path, GenerationError)
         if not isinstance(values, dict):
             raise GenerationError(f"{path} must hold a JSON object, found {type(values).__name__}")
         return cls.from_dict(values, source=path)
@@ -99,7 +96,7 @@ class GenerationConfig:
     @classmethod
     def for_model(cls, directory: str | os.PathLike, config: LlamaConfig) -> "GenerationConfig":
         """The checkpoint's generation_config.json if it has one, else the model config's token ids."""
-        if os.path.isfile(os.path.join(directory, GENERATION_CONFIG_FILE)):
+        if os.path.exists(os.path.join(directory, GENERATION_CONFIG_FILE)):
             return cls.from_pretrained(directory)
         return cls.from_model_config(config)
 

@@ -19,6 +19,7 @@ import numpy as np
 from llama_shared.checkpoints.dtypes import DTYPE_NAMES, DTYPES
 from llama_shared.checkpoints.pagecache import WriteBehind, read_tensor
 from llama_shared.errors import CheckpointError
+from llama_shared.files import open_regular, read_json
 
 SINGLE_FILE = "model.safetensors"
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library's limit
@@ -96,8 +97,8 @@ class SafetensorsFile:
 def _read_header(path: str) -> tuple[dict[str, Any], int, int]:
     """The header object of a safetensors file, where its data starts, and the file's size."""
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
+        with open_regular(path, CheckpointError) as f:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) < 8:
                 raise CheckpointError(f"{path} is truncated: {size} bytes, no safetensors header")
@@ -109,8 +110,6 @@ def _read_header(path: str) -> tuple[dict[str, Any], int, int]:
                 raise CheckpointError(f"{path} is truncated or not a safetensors file: header of "
                                       f"{header_len} bytes in a {size}-byte file")
             header = json.loads(f.read(header_len))
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint file {path} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise CheckpointError(f"{path} is not a safetensors file (its header is not JSON)") from None
     if not isinstance(header, dict):
@@ -234,9 +233,8 @@ def _read_index(index_path: str) -> dict[str, str]:
     The check is on the names as written, not on where they lead: huggingface_hub's cache stores a
     snapshot's files as symlinks into ../../blobs/, which a shard may be."""
     try:
-        with open(index_path, encoding="utf-8") as f:
-            weight_map = json.load(f)["weight_map"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        weight_map = read_json(index_path, CheckpointError)["weight_map"]
+    except (KeyError, TypeError):
         raise CheckpointError(f"{index_path} is not a safetensors index (expected a 'weight_map' object)") from None
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{index_path}: 'weight_map' must be a non-empty object of tensor name -> shard file")

@@ -3,12 +3,12 @@ folder (or hub repo) and its tokenizer_config.json."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from llama_shared.checkpoints.hub import resolve_model_dir
 from llama_shared.errors import CheckpointError, TokenizerError
+from llama_shared.files import open_regular, read_json
 from llama_shared.tokenizers.base import TokenizerBase
 from llama_shared.tokenizers.fast import LlamaTokenizerFast
 from llama_shared.tokenizers.files import detect_kind
@@ -28,13 +28,19 @@ def _token_content(value: Any) -> str | None:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TokenizerError(f"{path} is not valid JSON: {exc}") from None
+    data = read_json(path, TokenizerError)
     if not isinstance(data, dict):
         raise TokenizerError(f"{path} must hold a JSON object, got {type(data).__name__}")
     return data
+
+
+def _read_text(path: Path) -> str:
+    with open_regular(path, TokenizerError) as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TokenizerError(f"{path} is not UTF-8 text: {exc}") from None
 
 
 def _resolve_directory(name_or_path: str | Path, revision: str | None) -> Path:
@@ -68,11 +74,12 @@ class AutoTokenizer:
         original/) -> Llama3Tokenizer. tokenizer_config.json supplies special tokens, add_bos/add_eos,
         legacy, add_prefix_space and chat_template; keyword overrides win over the file."""
         directory = _resolve_directory(name_or_path, revision)
-        config = _read_json(directory / "tokenizer_config.json") if (directory / "tokenizer_config.json").is_file() else {}
-        if (directory / "special_tokens_map.json").is_file():
+        # exists(), not is_file(): a FIFO or device under a tokenizer file's name is an error, not absent.
+        config = _read_json(directory / "tokenizer_config.json") if (directory / "tokenizer_config.json").exists() else {}
+        if (directory / "special_tokens_map.json").exists():
             config = {**_read_json(directory / "special_tokens_map.json"), **config}
-        if "chat_template" not in config and (directory / "chat_template.jinja").is_file():
-            config["chat_template"] = (directory / "chat_template.jinja").read_text(encoding="utf-8")
+        if "chat_template" not in config and (directory / "chat_template.jinja").exists():
+            config["chat_template"] = _read_text(directory / "chat_template.jinja")
         tokens = {role: _token_content(config[role]) for role in ("bos_token", "eos_token", "unk_token", "pad_token")
                   if role in config}
         kwargs = {key: config[key] for key in _SHARED_KEYS if config.get(key) is not None}
@@ -80,14 +87,14 @@ class AutoTokenizer:
 
         tokenizer_json = directory / "tokenizer.json"
         model_file = next((p for p in (directory / "tokenizer.model", directory / "original" / "tokenizer.model")
-                           if p.is_file()), None)
+                           if p.exists()), None)
         kind = detect_kind(model_file) if model_file is not None else None
-        if kind == "tiktoken" and not tokenizer_json.is_file():
+        if kind == "tiktoken" and not tokenizer_json.exists():
             kwargs.pop("unk_token", None)
             kwargs["special_tokens"] = _llama3_names(config)
             return Llama3Tokenizer(model_file, **{**kwargs, **overrides})
         spm_kwargs = {key: config[key] for key in _SPM_KEYS if config.get(key) is not None}
-        if tokenizer_json.is_file() and use_fast:
+        if tokenizer_json.exists() and use_fast:
             if config.get("tokenizer_class", "PreTrainedTokenizerFast") == "PreTrainedTokenizerFast":
                 # A plain fast tokenizer (Llama 3): no default special tokens, right padding, and bos/eos
                 # placement from the file's template (transformers ignores add_bos/add_eos there).

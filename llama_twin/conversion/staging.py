@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from llama_shared.errors import ConversionError
+from llama_shared.files import read_json
 
 MARKER = ".llama-twin-staging.json"
 # Staging folders (.NAME.partial-*) and folders holding a destination being replaced (.NAME.replaced-*).
@@ -204,12 +205,11 @@ def _mark(folder: str) -> None:
 
 def _read_mark(folder: str) -> dict[str, Any] | None:
     path = os.path.join(folder, MARKER)
+    if os.path.islink(path):
+        return None
     try:
-        if os.path.islink(path) or os.path.getsize(path) > 4096:
-            return None
-        with open(path, encoding="utf-8") as f:
-            writer = json.load(f)
-    except (OSError, ValueError):
+        writer = read_json(path, ConversionError, limit=4096)
+    except ConversionError:
         return None
     if not isinstance(writer, dict) or not isinstance(writer.get("pid"), int) or isinstance(writer["pid"], bool):
         return None

@@ -320,6 +320,9 @@ def folder_digest(folder: str) -> dict[str, str]:
     for root, _, files in os.walk(folder):
         for name in files:
             path = os.path.join(root, name)
+            if not os.path.isfile(path):  # a FIFO or device: never read
+                digest[os.path.relpath(path, folder)] = "special"
+                continue
             with open(path, "rb") as f:
                 digest[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
     return digest
@@ -481,6 +484,15 @@ def test_cli_refuses_a_broken_source_with_status_1(hf_checkpoint, tmp_path, caps
     assert main(["convert", src, str(tmp_path / "out"), "--to", "hf", "--no-progress"]) == 1
     assert "is missing" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+@pytest.mark.parametrize("name", ["params.json", "consolidated.01.pth"])
+def test_special_file_in_a_meta_folder_is_refused(meta_dir, tmp_path, make_special, fails_instead_of_hanging, kind,
+                                                  name):
+    make_special(meta_dir / name, kind)
+    assert_fails_cleanly(meta_dir, tmp_path / "out", "hf", f"{name} is a (FIFO|device), not a regular file")
 
 
 def test_meta_cannot_express_attention_bias(hf_checkpoint, tmp_path):

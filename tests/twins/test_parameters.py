@@ -20,7 +20,7 @@ from llama_flax.loading import FlaxPreTrainedModel
 from llama_shared.checkpoints import Checkpoint, save_tensors
 from llama_shared.config import LlamaConfig
 from llama_shared.errors import CheckpointError
-from llama_shared.naming import flatten_tree, hf_key
+from llama_shared.naming import hf_key
 from llama_shared.parameters import model_tensors
 from llama_shared.quantization import QuantizationConfig, config_quantization, with_quantization
 from llama_torch.quantization import replace_linears

@@ -33,6 +33,7 @@ import torch
 from llama_shared.checkpoints.pagecache import WriteBehind, drop_cached_file, read_tensor
 from llama_shared.config import LlamaConfig
 from llama_shared.errors import CheckpointError
+from llama_shared.files import open_regular, read_json
 from llama_shared.naming import (LLAMA3_MIN_VOCAB, hf_key_from_meta, interleaved_from_rotate_half, is_ignored_key,
                                  meta_key, meta_split_dim, rotary_rows_heads, rotate_half_from_interleaved)
 from llama_shared.parameters import model_tensors
@@ -149,11 +150,9 @@ class MetaCheckpoint:
         if not os.path.exists(params_path):
             raise CheckpointError(f"{self.directory} has no {PARAMS_FILE}; a Meta checkpoint needs it beside "
                                   f"its consolidated.NN.pth files")
-        try:
-            with open(params_path, encoding="utf-8") as f:
-                self.params: dict[str, Any] = json.load(f)
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{params_path} is not valid JSON: {e}") from None
+        self.params: dict[str, Any] = read_json(params_path, CheckpointError)
+        if not isinstance(self.params, dict):
+            raise CheckpointError(f"{params_path} must hold a JSON object, found {type(self.params).__name__}")
         ranks = sorted((int(m.group(1)), name) for name in os.listdir(self.directory) if (m := SHARD_NAME.match(name)))
         if not ranks:
             raise CheckpointError(f"{self.directory} has {PARAMS_FILE} but no consolidated.NN.pth files")
@@ -198,6 +197,7 @@ class MetaCheckpoint:
     def load(self, rank: int) -> dict[str, Any]:
         """One file's state dict, memory-mapped: its pages are resident only while it is referenced."""
         path = self.paths[rank]
+        open_regular(path, CheckpointError).close()  # a FIFO or device would block or never end
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, pickle errors, EOFError...
