@@ -3,6 +3,7 @@ folder (or hub repo) and its tokenizer_config.json."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +55,13 @@ def _template_flags(tokenizer_json: Path, bos: str | None, eos: str | None) -> d
     """add_bos/add_eos implied by a tokenizer.json's TemplateProcessing (used for the plain
     PreTrainedTokenizerFast files of Llama 3, whose bos/eos live only there)."""
     processor = _read_json(tokenizer_json).get("post_processor") or {}
+    if not isinstance(processor, dict):
+        raise TokenizerError(f"{tokenizer_json}: 'post_processor' must be an object, got {processor!r}")
     steps = processor.get("processors", [processor]) if processor.get("type") == "Sequence" else [processor]
     for step in steps:
-        if step.get("type") == "TemplateProcessing":
-            single = [item.get("SpecialToken", {}).get("id") for item in step["single"]]
+        if isinstance(step, dict) and step.get("type") == "TemplateProcessing":
+            single = [item.get("SpecialToken", {}).get("id") for item in step.get("single", ())
+                      if isinstance(item, dict)]
             return {"add_bos_token": bool(single) and single[0] == bos and bos is not None,
                     "add_eos_token": bool(single) and single[-1] == eos and eos is not None}
     return {"add_bos_token": False, "add_eos_token": False}
@@ -80,6 +84,7 @@ class AutoTokenizer:
             config = {**_read_json(directory / "special_tokens_map.json"), **config}
         if "chat_template" not in config and (directory / "chat_template.jinja").exists():
             config["chat_template"] = _read_text(directory / "chat_template.jinja")
+        config = _checked_config(config, directory)
         tokens = {role: _token_content(config[role]) for role in ("bos_token", "eos_token", "unk_token", "pad_token")
                   if role in config}
         kwargs = {key: config[key] for key in _SHARED_KEYS if config.get(key) is not None}
@@ -108,6 +113,37 @@ class AutoTokenizer:
             return cls(model_file, **{**kwargs, **spm_kwargs, **overrides})
         raise TokenizerError(f"{directory} holds no tokenizer.json and no tokenizer.model"
                              + (" usable without tokenizer.json" if model_file is not None else ""))
+
+
+def _checked_config(config: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """tokenizer_config.json (with special_tokens_map.json) with the types of the fields read checked,
+    and a list of named chat templates (transformers' form) reduced to its "default" one."""
+    def fail(key: str, expected: str) -> None:
+        raise TokenizerError(f"{directory}/tokenizer_config.json: field {key!r} must be {expected}, got "
+                             f"{config[key]!r}")
+
+    for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
+        if key in config and not isinstance(_token_content(config[key]), (str, type(None))):
+            fail(key, "a string, an object with a string 'content', or null")
+    for key in ("add_bos_token", "add_eos_token", "clean_up_tokenization_spaces", "legacy", "add_prefix_space"):
+        if config.get(key) is not None and not isinstance(config[key], bool):
+            fail(key, "true, false or null")
+    length = config.get("model_max_length")
+    if length is not None and not (isinstance(length, (int, float)) and not isinstance(length, bool)
+                                   and math.isfinite(length) and length > 0):
+        fail("model_max_length", "a positive number")
+    decoder = config.get("added_tokens_decoder")
+    if decoder is not None and not (isinstance(decoder, dict) and all(key.isdigit() for key in decoder)):
+        fail("added_tokens_decoder", "an object keyed by token ids")
+    template = config.get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        if not isinstance(named.get("default"), str):
+            fail("chat_template", "a string or a list of {'name', 'template'} objects with a 'default' one")
+        config = {**config, "chat_template": named["default"]}
+    elif template is not None and not isinstance(template, str):
+        fail("chat_template", "a string")
+    return config
 
 
 def _llama3_names(config: dict[str, Any]) -> list[str] | str:

@@ -344,6 +344,27 @@ def test_missing_params_json(meta_dir, tmp_path):
     assert_fails_cleanly(meta_dir, tmp_path / "out", "hf", "has no params.json")
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"n_heads": "4"}, "field 'n_heads' must be a positive integer, got '4'"),
+    ({"multiple_of": 0}, "field 'multiple_of' must be a positive integer, got 0"),
+    ({"ffn_dim_multiplier": "0.5"}, "field 'ffn_dim_multiplier' must be a finite positive number"),
+    ({"norm_eps": "1e-6"}, "field 'norm_eps' must be a finite positive number"),
+    ({"rope_theta": "x"}, "field 'rope_theta' must be a finite positive number"),
+    ({"vocab_size": "128"}, "field 'vocab_size' must be an integer"),
+    ({"use_scaled_rope": True, "rope_scaling_factor": float("nan")}, "'rope_scaling_factor' must be a finite"),
+    ({"n_kv_heads": 3}, "describes no valid model: .*num_key_value_heads"),
+])
+def test_odd_params_json_fields_name_the_file_and_field(meta_dir, tmp_path, change, message):
+    """Issue 18: these were raw TypeError, ValueError and ZeroDivisionError tracebacks."""
+    (meta_dir / "params.json").write_text(json.dumps({**TINY_PARAMS, **change}))
+    assert_fails_cleanly(meta_dir, tmp_path / "out", "hf", f"params.json.*{message}")
+
+
+def test_params_json_that_is_not_an_object(meta_dir, tmp_path):
+    (meta_dir / "params.json").write_text("[1, 2]")
+    assert_fails_cleanly(meta_dir, tmp_path / "out", "hf", "params.json must hold a JSON object, found list")
+
+
 def test_file_count_that_does_not_match(meta_dir, tmp_path):
     os.remove(meta_dir / "consolidated.01.pth")
     assert_fails_cleanly(meta_dir, tmp_path / "out", "hf", "has 1 consolidated.NN.pth files.*: 2 model-parallel files")

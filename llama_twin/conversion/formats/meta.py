@@ -32,7 +32,7 @@ import torch
 
 from llama_shared.checkpoints.pagecache import WriteBehind, drop_cached_file, read_tensor
 from llama_shared.config import LlamaConfig
-from llama_shared.errors import CheckpointError
+from llama_shared.errors import CheckpointError, ConfigError
 from llama_shared.files import open_regular, read_json
 from llama_shared.naming import (LLAMA3_MIN_VOCAB, hf_key_from_meta, interleaved_from_rotate_half, is_ignored_key,
                                  meta_key, meta_split_dim, rotary_rows_heads, rotate_half_from_interleaved)
@@ -71,32 +71,59 @@ def ffn_hidden_size(dim: int, multiple_of: int, ffn_dim_multiplier: float | None
 # params.json <-> LlamaConfig
 
 
+# params.json fields: (kind, whether they may be absent or null); "count" is a positive integer,
+# "real" a finite positive number, "flag" a boolean; vocab_size may be -1 (the tokenizer decides).
+PARAMS_FIELDS = {"dim": ("count", False), "n_layers": ("count", False), "n_heads": ("count", False),
+                 "n_kv_heads": ("count", True), "multiple_of": ("count", True), "ffn_dim_multiplier": ("real", True),
+                 "norm_eps": ("real", True), "rope_theta": ("real", True), "use_scaled_rope": ("flag", True),
+                 "rope_scaling_factor": ("real", True), "vocab_size": ("int", True)}
+
+
+def checked_params(params: Any, path: str) -> dict[str, Any]:
+    """params.json with the type and range of every field the converter reads checked."""
+    if not isinstance(params, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, found {type(params).__name__}")
+    for name, (kind, nullable) in PARAMS_FIELDS.items():
+        value = params.get(name)
+        if value is None and nullable:
+            continue
+        integer = isinstance(value, int) and not isinstance(value, bool)
+        good = {"count": integer and value > 0, "int": integer,
+                "real": isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                and value > 0, "flag": isinstance(value, bool)}[kind]
+        if not good:
+            wanted = {"count": "a positive integer", "int": "an integer", "real": "a finite positive number",
+                      "flag": "true or false"}[kind]
+            raise CheckpointError(f"{path}: field {name!r} must be {wanted}, got {value!r}")
+    return params
+
+
 def config_from_params(params: dict[str, Any], vocab_size: int, tied: bool, path: str) -> LlamaConfig:
     """The Hugging Face config of a Meta model, as transformers' converter derives it.
 
     The Llama generation is read from the file: Llama 3 has a 128256-token vocabulary, 3.1 and 3.2
     set use_scaled_rope (3.2 is the tied one), Llama 1 has norm_eps 1e-6 and Llama 2 1e-5.
     """
-    for name in ("dim", "n_layers", "n_heads"):
-        if not isinstance(params.get(name), int) or params[name] <= 0:
-            raise CheckpointError(f"{path}: field {name!r} must be a positive integer, got {params.get(name)!r}")
     dim, heads = params["dim"], params["n_heads"]
     llama3 = vocab_size >= LLAMA3_MIN_VOCAB
-    norm_eps = params.get("norm_eps", 1e-5)
+    norm_eps = params.get("norm_eps") or 1e-5
     rope_scaling = None
     if params.get("use_scaled_rope"):
-        factor = params.get("rope_scaling_factor", 32.0 if tied else 8.0)
+        factor = params.get("rope_scaling_factor") or (32.0 if tied else 8.0)
         rope_scaling = {"rope_type": "llama3", "factor": float(factor), **LLAMA3_ROPE}
         max_positions = 131072
     else:
         max_positions = 8192 if llama3 else 2048 if norm_eps <= 1e-6 else 4096
-    return LlamaConfig(
-        vocab_size=vocab_size, hidden_size=dim, num_hidden_layers=params["n_layers"], num_attention_heads=heads,
-        num_key_value_heads=params.get("n_kv_heads") or heads,
-        intermediate_size=ffn_hidden_size(dim, params.get("multiple_of", 256), params.get("ffn_dim_multiplier")),
-        rms_norm_eps=norm_eps, rope_theta=float(params.get("rope_theta", 10000.0)), rope_scaling=rope_scaling,
-        max_position_embeddings=max_positions, tie_word_embeddings=tied,
-        bos_token_id=128000 if llama3 else 1, eos_token_id=128001 if llama3 else 2, pad_token_id=None)
+    try:
+        return LlamaConfig(
+            vocab_size=vocab_size, hidden_size=dim, num_hidden_layers=params["n_layers"], num_attention_heads=heads,
+            num_key_value_heads=params.get("n_kv_heads") or heads,
+            intermediate_size=ffn_hidden_size(dim, params.get("multiple_of") or 256, params.get("ffn_dim_multiplier")),
+            rms_norm_eps=norm_eps, rope_theta=float(params.get("rope_theta") or 10000.0), rope_scaling=rope_scaling,
+            max_position_embeddings=max_positions, tie_word_embeddings=tied,
+            bos_token_id=128000 if llama3 else 1, eos_token_id=128001 if llama3 else 2, pad_token_id=None)
+    except ConfigError as e:
+        raise CheckpointError(f"{path} describes no valid model: {e}") from None
 
 
 def params_from_config(config: LlamaConfig) -> dict[str, Any]:
@@ -150,9 +177,7 @@ class MetaCheckpoint:
         if not os.path.exists(params_path):
             raise CheckpointError(f"{self.directory} has no {PARAMS_FILE}; a Meta checkpoint needs it beside "
                                   f"its consolidated.NN.pth files")
-        self.params: dict[str, Any] = read_json(params_path, CheckpointError)
-        if not isinstance(self.params, dict):
-            raise CheckpointError(f"{params_path} must hold a JSON object, found {type(self.params).__name__}")
+        self.params: dict[str, Any] = checked_params(read_json(params_path, CheckpointError), params_path)
         ranks = sorted((int(m.group(1)), name) for name in os.listdir(self.directory) if (m := SHARD_NAME.match(name)))
         if not ranks:
             raise CheckpointError(f"{self.directory} has {PARAMS_FILE} but no consolidated.NN.pth files")
