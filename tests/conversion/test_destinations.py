@@ -189,3 +189,46 @@ def test_a_marker_proves_a_writer_gone_only_on_this_host_and_for_a_dead_or_reuse
         assert staging._writer_gone({**alive, "started": alive["started"] + 1})
     if alive["boot"] is not None:
         assert staging._writer_gone({**alive, "boot": "another-boot"})
+
+
+# ------------------------------------------------------------------------------------------------
+# Writes that fail
+
+
+@pytest.mark.parametrize("to", ["hf", "meta", "flax"])
+def test_a_full_disk_is_a_conversion_error_and_leaves_nothing(hf_checkpoint, tmp_path, to):
+    """A file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored) makes writes fail as a full disk does."""
+    import resource
+
+    src = hf_checkpoint()
+    previous_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, previous_limit[1]))
+    try:
+        with pytest.raises(ConversionError, match=r"dst stopped and left nothing behind: \[Errno 27\] File too large"
+                                                  r"|consolidated\.00\.pth \(is the disk full\?\)"
+                                                  r"|could not write the Orbax checkpoint .* File too large"):
+            convert(src, tmp_path / "dst", to, progress=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, previous_limit)
+        signal.signal(signal.SIGXFSZ, previous_handler)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("dst", ["file/dst", "file/sub/dst"])
+def test_a_destination_under_a_file(hf_checkpoint, tmp_path, dst):
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(ConversionError, match="cannot create a staging folder .*: (File exists|Not a directory)"):
+        convert(hf_checkpoint(), tmp_path / dst, "hf", progress=False)
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_parent_folder(hf_checkpoint, tmp_path):
+    (tmp_path / "locked").mkdir()
+    os.chmod(tmp_path / "locked", 0o555)
+    try:
+        with pytest.raises(ConversionError, match="cannot create a staging folder .* Permission denied"):
+            convert(hf_checkpoint(), tmp_path / "locked" / "dst", "hf", progress=False)
+    finally:
+        os.chmod(tmp_path / "locked", 0o755)

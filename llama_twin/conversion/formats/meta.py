@@ -32,7 +32,7 @@ import torch
 
 from llama_shared.checkpoints.pagecache import WriteBehind, drop_cached_file, read_tensor
 from llama_shared.config import LlamaConfig
-from llama_shared.errors import CheckpointError, ConfigError
+from llama_shared.errors import CheckpointError, ConfigError, ConversionError
 from llama_shared.files import open_regular, read_json
 from llama_shared.naming import (LLAMA3_MIN_VOCAB, hf_key_from_meta, interleaved_from_rotate_half, is_ignored_key,
                                  meta_key, meta_split_dim, rotary_rows_heads, rotate_half_from_interleaved)
@@ -480,7 +480,10 @@ def _reserve_pth(path: str, specs: dict[str, tuple[tuple[int, ...], np.dtype]]) 
         with FakeTensorMode():
             state, fake = empty(), True
     with torch.serialization.skip_data(materialize_fake_tensors=fake):
-        torch.save(state, path)
+        try:
+            torch.save(state, path)
+        except RuntimeError as e:  # torch reports a failed write (a full disk) in C++'s words
+            raise ConversionError(f"could not write {path} (is the disk full?): {e}") from None
     return _record_offsets(path, specs)
 
 
