@@ -139,7 +139,7 @@ def params_from_config(config: LlamaConfig) -> dict[str, Any]:
     if c.rope_type == "llama3" and any(c.rope_scaling[k] != v for k, v in LLAMA3_ROPE.items()):
         unsupported.append(f"rope_scaling {c.rope_scaling} (Meta's llama3 scaling fixes {LLAMA3_ROPE})")
     if unsupported:
-        raise CheckpointError(f"Meta's checkpoint format cannot express this model's {', '.join(unsupported)}")
+        raise ConversionError(f"Meta's checkpoint format cannot express this model's {', '.join(unsupported)}")
     multiple_of, multiplier = meta_ffn_params(c.hidden_size, c.intermediate_size)
     params: dict[str, Any] = {"dim": c.hidden_size, "n_layers": c.num_hidden_layers, "n_heads": c.num_attention_heads}
     if c.num_key_value_heads != c.num_attention_heads:
@@ -159,7 +159,7 @@ def meta_ffn_params(dim: int, intermediate_size: int) -> tuple[int, float | None
             return multiple_of, multiplier
     multiplier = intermediate_size / int(2 * 4 * dim / 3)
     if ffn_hidden_size(dim, intermediate_size, multiplier) != intermediate_size:
-        raise CheckpointError(f"no multiple_of / ffn_dim_multiplier gives intermediate_size {intermediate_size} "
+        raise ConversionError(f"no multiple_of / ffn_dim_multiplier gives intermediate_size {intermediate_size} "
                               f"for dim {dim}")
     return intermediate_size, multiplier
 
@@ -389,7 +389,7 @@ def write_meta(source: TensorSource, directory: str, options: WriteOptions) -> N
     fairscale does) and tokenizer.model, filling each tensor's record in place as the source yields it."""
     num_shards = options.num_shards
     if not hasattr(torch.serialization, "skip_data"):
-        raise CheckpointError(f"writing Meta checkpoints needs torch >= 2.5 (torch.serialization.skip_data); "
+        raise ConversionError(f"writing Meta checkpoints needs torch >= 2.5 (torch.serialization.skip_data); "
                               f"this is torch {torch.__version__}")
     config = source.config
     params = params_from_config(config)
@@ -411,10 +411,10 @@ def write_meta(source: TensorSource, directory: str, options: WriteOptions) -> N
     for key, (shape, _) in specs.items():
         dim = meta_split_dim(key, vocab)
         if dim is not None and shape[dim] % num_shards:
-            raise CheckpointError(f"cannot split {key} of shape {shape} into {num_shards} model-parallel files "
+            raise ConversionError(f"cannot split {key} of shape {shape} into {num_shards} model-parallel files "
                                   f"along dimension {dim}")
     if config.num_key_value_heads % num_shards:
-        raise CheckpointError(f"num_key_value_heads {config.num_key_value_heads} is not divisible by {num_shards} "
+        raise ConversionError(f"num_key_value_heads {config.num_key_value_heads} is not divisible by {num_shards} "
                               f"model-parallel files (each file holds whole key/value heads)")
     paths = [os.path.join(directory, f"consolidated.{rank:02d}.pth") for rank in range(num_shards)]
     offsets = [_reserve_pth(path, _shard_specs(specs, rank, num_shards, vocab)) for rank, path in enumerate(paths)]
