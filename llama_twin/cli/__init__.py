@@ -50,7 +50,3 @@ def main(argv: list[str] | None = None) -> int:
 def _fail(command: str, message: str) -> int:
     print(f"llama-twin {command}: {' '.join(message.splitlines())}", file=sys.stderr, flush=True)
     return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
