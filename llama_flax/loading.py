@@ -28,7 +28,7 @@ from llama_shared.config import LlamaConfig
 from llama_shared.errors import CheckpointError
 from llama_shared.files import open_regular
 from llama_shared.generation import GenerationConfig
-from llama_shared.naming import check_shape, flatten_tree, hf_key, hf_key_order, unflatten_tree
+from llama_shared.naming import flatten_tree, hf_key, hf_key_order, unflatten_tree
 from llama_shared.parameters import check_tensors, checkpoint_specs
 from llama_shared.progress import byte_progress
 from llama_shared.quantization import QuantizationConfig, checkpoint_metadata, open_for_loading
@@ -185,21 +185,22 @@ class FlaxPreTrainedModel(GenerationMixin):
         return (jnp.ones if path[-1] == "weight" else jnp.zeros)(spec.shape, spec.dtype)
 
     def _params_from_msgpack(self, path: str) -> Any:
+        """transformers' flax_model.msgpack, checked against the config like a safetensors checkpoint."""
         with open_regular(path, CheckpointError) as f:
             try:
                 state = serialization.msgpack_restore(f.read())
             except Exception as e:  # noqa: BLE001 - msgpack raises its own exception types
                 raise CheckpointError(f"{path} is not a readable flax msgpack file: {e}") from None
-        flat = flatten_tree(state)
-        prefix_free = {p[1:] if p[0] in ("model", "transformer") else p: v for p, v in flat.items()}
+        flat = {hf_key(p)[0]: (p, array) for p, array in flatten_tree(state).items()}
+        stored = {name: (tuple(reversed(a.shape)) if hf_key(p)[1] else tuple(a.shape), np.dtype(a.dtype))
+                  for name, (p, a) in flat.items()}
+        key_map = check_tensors(stored, self.config, type(self).__name__.removeprefix("Flax"), path)
         out = {}
-        for target, spec in self.param_shapes().items():
-            bare = target[1:] if target[0] in ("model", "transformer") else target
-            source = flat.get(target, prefix_free.get(bare))
+        for target in self.param_shapes():
+            source = key_map[hf_key(target)[0]]
             if source is None:
                 raise CheckpointError(f"parameter {'/'.join(target)} is missing from {path}")
-            check_shape("/".join(target), source.shape, spec.shape, path)
-            out[target] = jnp.asarray(source, dtype=self.param_dtype)
+            out[target] = jnp.asarray(flat[source][1], dtype=self.param_dtype)
         return unflatten_tree(out)
 
     def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int = DEFAULT_SHARD_SIZE) -> None:
