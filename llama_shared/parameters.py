@@ -89,17 +89,6 @@ def model_class_of(config: LlamaConfig) -> str:
     return named if isinstance(named, str) and named in BASE_PREFIX else "LlamaForCausalLM"
 
 
-def _check_layer_count(stored: StoredSpecs, config: LlamaConfig, source: str) -> None:
-    """Refuse a num_hidden_layers beyond the layers stored before listing the tensors it implies, which
-    for a hostile config (2**31 layers) would take minutes and gigabytes."""
-    present = {int(match.group(1)) for key in stored if (match := _LAYER.search(key))}
-    stored_layers = next(i for i in range(len(present) + 1) if i not in present)
-    if config.num_hidden_layers > stored_layers:
-        held = f"layers 0 to {stored_layers - 1}" if stored_layers else "no decoder layer"
-        raise CheckpointError(f"the config's num_hidden_layers is {config.num_hidden_layers}, but the checkpoint at "
-                              f"{source} holds {held} (no tensor of layer {stored_layers})")
-
-
 def checkpoint_specs(checkpoint: object) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """{key: (shape, dtype)} of a Checkpoint (or anything with keys(), shape() and dtype())."""
     return {key: (tuple(checkpoint.shape(key)), np.dtype(checkpoint.dtype(key))) for key in checkpoint.keys()}
@@ -143,3 +132,14 @@ def check_tensors(stored: StoredSpecs, config: LlamaConfig, model_class: str, so
                                   f"describes ({len(unused)} such tensor(s); num_hidden_layers "
                                   f"{config.num_hidden_layers})")
     return key_map
+
+
+def _check_layer_count(stored: StoredSpecs, config: LlamaConfig, source: str) -> None:
+    """Refuse a num_hidden_layers beyond the layers stored before listing the tensors it implies, which
+    for a hostile config (2**31 layers) would take minutes and gigabytes."""
+    present = {int(match.group(1)) for key in stored if (match := _LAYER.search(key))}
+    stored_layers = next(i for i in range(len(present) + 1) if i not in present)
+    if config.num_hidden_layers > stored_layers:
+        held = f"layers 0 to {stored_layers - 1}" if stored_layers else "no decoder layer"
+        raise CheckpointError(f"the config's num_hidden_layers is {config.num_hidden_layers}, but the checkpoint at "
+                              f"{source} holds {held} (no tensor of layer {stored_layers})")
