@@ -204,7 +204,8 @@ class LlamaConfig:
             if scaling.get(key) is not None:
                 _check_real(f"rope_scaling.{key}", scaling[key])
         if "truncate" in scaling and not isinstance(scaling["truncate"], bool):
-            raise ConfigError(f"config field 'rope_scaling.truncate' must be true or false, got {scaling['truncate']!r}")
+            raise ConfigError(f"config field 'rope_scaling.truncate' must be true or false, "
+                              f"got {scaling['truncate']!r}")
         if rope_type == "dynamic" and self.head_dim <= 2:
             raise ConfigError(f"config field 'head_dim' must exceed 2 for dynamic rope scaling, got {self.head_dim}")
         if rope_type == "longrope":

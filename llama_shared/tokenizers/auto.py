@@ -79,7 +79,8 @@ class AutoTokenizer:
         legacy, add_prefix_space and chat_template; keyword overrides win over the file."""
         directory = _resolve_directory(name_or_path, revision)
         # exists(), not is_file(): a FIFO or device under a tokenizer file's name is an error, not absent.
-        config = _read_json(directory / "tokenizer_config.json") if (directory / "tokenizer_config.json").exists() else {}
+        config_file = directory / "tokenizer_config.json"
+        config = _read_json(config_file) if config_file.exists() else {}
         if (directory / "special_tokens_map.json").exists():
             config = {**_read_json(directory / "special_tokens_map.json"), **config}
         if "chat_template" not in config and (directory / "chat_template.jinja").exists():

@@ -120,7 +120,8 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         return value
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        self.limits.check_size(_binop_size(operator, left, right, self.limits.size), f"would build a value ({operator})")
+        self.limits.check_size(_binop_size(operator, left, right, self.limits.size),
+                               f"would build a value ({operator})")
         return self.checked_value(super().call_binop(context, operator, left, right), operator)
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - jinja2's names
@@ -130,8 +131,6 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         if isinstance(owner, str):
             __self.limits.check_size(_call_size(name, owner, args, kwargs, __self.limits.size),
                                      f"would build a value (str.{name})")
-        else:
-            __self.limits.check_size(_ints_size(args, kwargs), f"would build a value ({name})")
         return __self.checked_value(super().call(__context, __obj, *args, **kwargs), f"{name}()")
 
     def _finalize(self, value: Any) -> Any:
@@ -180,7 +179,8 @@ def _format_size(template: str, args: Any, kwargs: Any, limit: int) -> int:
     """An upper bound of a printf or str.format result: the template, its arguments, and every number
     written in it or passed (any may be a width or precision)."""
     numbers = sum(min(int(n), limit + 1) if len(n) < 12 else limit + 1 for n in _NUMBER.findall(template))
-    return len(template) + size_of(list(args), limit) + size_of(dict(kwargs), limit) + numbers + _ints_size(args, kwargs)
+    given = size_of(list(args), limit) + size_of(dict(kwargs), limit)
+    return len(template) + given + numbers + _ints_size(args, kwargs)
 
 
 def _call_size(name: str, text: str, args: Any, kwargs: Any, limit: int) -> int:
@@ -234,7 +234,7 @@ def _filter_size(name: str, value: Any, args: list, kwargs: dict, limit: int) ->
         return size_of(value, limit) * (1 + widest) * (1 + _depth(value))
     if name == "batch":
         return size_of(value, limit) + widest
-    return widest
+    return 0
 
 
 def _depth(value: Any, limit: int = 64) -> int:

@@ -147,7 +147,7 @@ def test_sigterm_removes_the_staging_folder_at_once(hf_checkpoint, tmp_path):
     assert os.listdir(out) == []
 
 
-def test_sigint_removes_the_staging_folder(hf_checkpoint, tmp_path, monkeypatch):
+def test_sigint_removes_the_staging_folder(hf_checkpoint, tmp_path, monkeypatch, request):
     from llama_shared.checkpoints import safetensors
 
     def interrupted_write(self, name, array):
@@ -156,6 +156,8 @@ def test_sigint_removes_the_staging_folder(hf_checkpoint, tmp_path, monkeypatch)
         time.sleep(10)
 
     monkeypatch.setattr(safetensors.SafetensorsWriter, "write", interrupted_write)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever ran before
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     with pytest.raises(KeyboardInterrupt):
         convert(hf_checkpoint(), tmp_path / "dst", "hf", progress=False)
     assert os.listdir(tmp_path) == []

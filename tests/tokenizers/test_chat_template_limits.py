@@ -80,3 +80,9 @@ def test_real_templates_render_unchanged_and_template_errors_keep_their_words():
     with pytest.raises(TokenizerError, match="chat template error: roles must alternate"):
         render_chat_template("{{ raise_exception('roles must alternate') }}", CONVERSATION,
                              add_generation_prompt=True, special_tokens={})
+
+
+def test_large_numbers_that_build_nothing_are_fine():
+    template = "{% set ns = namespace(n=10**10) %}{{ ns.n }} {{ missing|default(10**12) }} {{ (2 ** 40)|string }}"
+    assert render_chat_template(template, CONVERSATION, add_generation_prompt=False, special_tokens={}) == \
+        "10000000000 1000000000000 1099511627776"
