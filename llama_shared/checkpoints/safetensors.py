@@ -163,16 +163,17 @@ def _is_count(value: Any) -> bool:
 
 
 class Checkpoint:
-    """The weights of a Hugging Face model folder: model.safetensors, or shards with an index."""
+    """The weights of a Hugging Face model folder: model.safetensors, or shards with an index. A folder
+    with both is read as transformers reads it: model.safetensors."""
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = os.fspath(directory)
         index_path = os.path.join(self.directory, INDEX_FILE)
         single_path = os.path.join(self.directory, SINGLE_FILE)
-        if os.path.exists(index_path):
-            self._key_to_file = _read_index(index_path)
-        elif os.path.exists(single_path):
+        if os.path.exists(single_path):
             self._key_to_file = None
+        elif os.path.exists(index_path):
+            self._key_to_file = _read_index(index_path)
         else:
             raise CheckpointError(f"no {SINGLE_FILE} or {INDEX_FILE} in {self.directory}")
         self._files: dict[str, SafetensorsFile] = {}

@@ -240,3 +240,22 @@ def test_sharded_model_in_the_hub_cache_loads_by_repo_id_offline(tiny_hf_config,
     np.testing.assert_allclose(np.asarray(flax_twin(ids).logits), expected, rtol=0, atol=1e-4)
     with pytest.raises(CheckpointError, match="acme/absent"):
         LlamaForCausalLM.from_pretrained("acme/absent")
+
+
+def test_a_folder_with_both_layouts_loads_what_transformers_loads(hf_checkpoint, tmp_path):
+    """model.safetensors beside a stale index and shards of other weights: transformers reads the single
+    file, and so do both twins and conversion."""
+    folder = tmp_path / "both"
+    shutil.copytree(hf_checkpoint(), folder)
+    LlamaForCausalLM.from_pretrained(hf_checkpoint(seed=1)).save_pretrained(tmp_path / "other", max_shard_size=40_000)
+    for name in os.listdir(tmp_path / "other"):
+        if name.startswith("model-") or name == "model.safetensors.index.json":
+            shutil.copy(tmp_path / "other" / name, folder / name)
+    ids = np.array([[1, 17, 42, 99, 5]])
+    with torch.no_grad():
+        expected = transformers.LlamaForCausalLM.from_pretrained(folder)(torch.from_numpy(ids)).logits.numpy()
+        np.testing.assert_allclose(LlamaForCausalLM.from_pretrained(folder)(torch.from_numpy(ids)).logits.numpy(),
+                                   expected, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(FlaxLlamaForCausalLM.from_pretrained(folder)(ids).logits), expected,
+                               rtol=0, atol=1e-4)
+    assert_same_state(hf_state(folder), hf_state(hf_checkpoint()))
