@@ -29,12 +29,13 @@ from llama_shared.checkpoints import (DEFAULT_SHARD_SIZE, INDEX_FILE, SINGLE_FIL
 from llama_shared.checkpoints.model_files import open_model_files
 from llama_shared.config import LlamaConfig
 from llama_shared.errors import CheckpointError
+from llama_shared.files import open_regular
 from llama_shared.generation import GenerationConfig
-from llama_shared.naming import check_shape, checkpoint_key_map, flatten_tree, hf_key, hf_key_order, unflatten_tree
+from llama_shared.naming import flatten_tree, hf_key, hf_key_order, unflatten_tree
+from llama_shared.parameters import check_tensors, checkpoint_specs
 from llama_shared.progress import byte_progress
 from llama_shared.quantization import QuantizationConfig, checkpoint_metadata, open_for_loading
 
-HEAD_MODULES = ("score", "qa_outputs")
 MSGPACK_FILE = "flax_model.msgpack"
 
 
@@ -168,16 +169,19 @@ class FlaxPreTrainedModel(GenerationMixin):
         return model
 
     def params_from_checkpoint(self, checkpoint: Checkpoint, place: Callable[..., jax.Array] | None = None) -> Any:
-        """The param tree from a checkpoint, names and shapes checked, missing task heads initialised.
+        """The param tree from a checkpoint whose names, shapes and dtypes are first checked against
+        the config (llama_shared.parameters, before anything is traced or allocated); missing task
+        heads are initialised.
 
         place(path, spec, checkpoint, key, transposed) puts one stored tensor where it belongs (path in
         the unrolled layout); by default it is read whole onto the default device (llama_flax.parallel
         places blocks on a mesh). A model with scanned layers gets the layers' params stacked.
         """
+        key_map = check_tensors(checkpoint_specs(checkpoint), self.config, type(self).__name__.removeprefix("Flax"),
+                                checkpoint.directory)
         place = place or _read_whole
         shapes = self.param_shapes(unrolled=True)
         keys = {path: hf_key(path) for path in shapes}
-        key_map = checkpoint_key_map([k for k, _ in keys.values()], checkpoint.keys(), self.base_prefix)
         flat, fresh = {}, []
         sizes = (((path, spec), tensor_nbytes(checkpoint, key_map[keys[path][0]]) if key_map[keys[path][0]] else 0)
                  for path, spec in shapes.items())
@@ -185,13 +189,9 @@ class FlaxPreTrainedModel(GenerationMixin):
             name, transposed = keys[path]
             source = key_map[name]
             if source is None:
-                if path[0] in HEAD_MODULES:
-                    fresh.append(name)
-                    flat[path] = self._random_param(path, spec, jax.random.PRNGKey(len(fresh)))
-                    continue
-                raise CheckpointError(f"tensor {name!r} is missing from the checkpoint at {checkpoint.directory}")
-            expected = tuple(reversed(spec.shape)) if transposed else spec.shape
-            check_shape(source, checkpoint.shape(source), expected, checkpoint.directory)
+                fresh.append(name)
+                flat[path] = self._random_param(path, spec, jax.random.PRNGKey(len(fresh)))
+                continue
             flat[path] = place(path, spec, checkpoint, source, transposed)
         if fresh:
             warnings.warn(f"{', '.join(fresh)} not in the checkpoint: newly initialised, train before use",
@@ -210,18 +210,22 @@ class FlaxPreTrainedModel(GenerationMixin):
         return (jnp.ones if path[-1] == "weight" else jnp.zeros)(spec.shape, spec.dtype)
 
     def _params_from_msgpack(self, path: str) -> Any:
-        with open(path, "rb") as f:
-            state = serialization.msgpack_restore(f.read())
-        flat = flatten_tree(state)
-        prefix_free = {p[1:] if p[0] in ("model", "transformer") else p: v for p, v in flat.items()}
+        """transformers' flax_model.msgpack, checked against the config like a safetensors checkpoint."""
+        with open_regular(path, CheckpointError) as f:
+            try:
+                state = serialization.msgpack_restore(f.read())
+            except Exception as e:  # noqa: BLE001 - msgpack raises its own exception types
+                raise CheckpointError(f"{path} is not a readable flax msgpack file: {e}") from None
+        flat = {hf_key(p)[0]: (p, array) for p, array in flatten_tree(state).items()}
+        stored = {name: (tuple(reversed(a.shape)) if hf_key(p)[1] else tuple(a.shape), np.dtype(a.dtype))
+                  for name, (p, a) in flat.items()}
+        key_map = check_tensors(stored, self.config, type(self).__name__.removeprefix("Flax"), path)
         out = {}
-        for target, spec in self.param_shapes(unrolled=True).items():
-            bare = target[1:] if target[0] in ("model", "transformer") else target
-            source = flat.get(target, prefix_free.get(bare))
+        for target in self.param_shapes(unrolled=True):
+            source = key_map[hf_key(target)[0]]
             if source is None:
                 raise CheckpointError(f"parameter {'/'.join(target)} is missing from {path}")
-            check_shape("/".join(target), source.shape, spec.shape, path)
-            out[target] = jnp.asarray(source, dtype=self.param_dtype)
+            out[target] = jnp.asarray(flat[source][1], dtype=self.param_dtype)
         return self._in_layout(out)
 
     def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int = DEFAULT_SHARD_SIZE) -> None:

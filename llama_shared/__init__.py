@@ -6,7 +6,8 @@ syntax trees), so both twins build on it and neither depends on the other.
 """
 
 from llama_shared.config import LlamaConfig
-from llama_shared.errors import CheckpointError, ConfigError, GenerationError, LlamaTwinError, TokenizerError
+from llama_shared.errors import (CheckpointError, ConfigError, ConversionError, GenerationError, LlamaTwinError,
+                                 TokenizerError)
 from llama_shared.generation import GenerationConfig
 from llama_shared.quantization import QuantizationConfig
 from llama_shared.streaming import TextIteratorStreamer, TextStreamer
@@ -16,4 +17,5 @@ from llama_shared.tokenizers import (AutoTokenizer, BatchEncoding, Llama3Tokeniz
 __all__ = ["LlamaConfig", "GenerationConfig", "QuantizationConfig", "TextStreamer", "TextIteratorStreamer",
            "AutoTokenizer", "BatchEncoding", "Llama3Tokenizer", "LlamaTokenizer", "LlamaTokenizerFast",
            "PreTrainedTokenizerFast",
-           "CheckpointError", "ConfigError", "GenerationError", "LlamaTwinError", "TokenizerError"]
+           "CheckpointError", "ConfigError", "ConversionError", "GenerationError", "LlamaTwinError",
+           "TokenizerError"]

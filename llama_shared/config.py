@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from llama_shared.checkpoints.hub import resolve_model_dir
 from llama_shared.errors import ConfigError
+from llama_shared.files import read_json
 from llama_shared.presets import PRESETS
 
 ACTIVATIONS = ("silu", "swish", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+# Sizes stay below 2**31: token ids and positions are int32 on accelerators.
+MAX_SIZE = 2**31 - 1
 
 # Keys each rope_type needs in rope_scaling (beside rope_type) and the ones it may carry.
 ROPE_REQUIRED_KEYS: dict[str, set[str]] = {
@@ -149,62 +153,82 @@ class LlamaConfig:
     # Validation
 
     def validate(self) -> None:
-        """Raise ConfigError naming the field when a value cannot describe a Llama model."""
+        """Raise ConfigError naming the field when a value cannot describe a Llama model: every size a
+        positive integer below 2**31, every real number finite and in its range (NaN and infinity
+        never pass), every flag a boolean, every token id an integer."""
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads", "head_dim",
-                     "max_position_embeddings"):
-            value = getattr(self, name)
-            if not _is_positive_int(value):
-                raise ConfigError(f"config field {name!r} must be a positive integer, got {value!r}")
+                     "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings",
+                     "pretraining_tp", "num_labels"):
+            _check_count(name, getattr(self, name))
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(
                 f"config field 'num_attention_heads' ({self.num_attention_heads}) must be divisible by "
                 f"'num_key_value_heads' ({self.num_key_value_heads})")
         if self.head_dim % 2:
             raise ConfigError(f"config field 'head_dim' must be even for rotary embeddings, got {self.head_dim}")
-        if not isinstance(self.rms_norm_eps, (int, float)) or isinstance(self.rms_norm_eps, bool) \
-                or self.rms_norm_eps <= 0:
-            raise ConfigError(f"config field 'rms_norm_eps' must be a positive number, got {self.rms_norm_eps!r}")
-        if not isinstance(self.rope_theta, (int, float)) or isinstance(self.rope_theta, bool) \
-                or self.rope_theta <= 0:
-            raise ConfigError(f"config field 'rope_theta' must be a positive number, got {self.rope_theta!r}")
+        _check_real("rms_norm_eps", self.rms_norm_eps, above=0)
+        _check_real("rope_theta", self.rope_theta, above=1)
+        _check_real("initializer_range", self.initializer_range, at_least=0)
+        _check_real("attention_dropout", self.attention_dropout, at_least=0, at_most=1)
+        if self.classifier_dropout is not None:
+            _check_real("classifier_dropout", self.classifier_dropout, at_least=0, at_most=1)
         if self.hidden_act not in ACTIVATIONS:
             raise ConfigError(f"config field 'hidden_act' must be one of {ACTIVATIONS}, got {self.hidden_act!r}")
-        for name in ("tie_word_embeddings", "attention_bias", "mlp_bias"):
+        for name in ("tie_word_embeddings", "attention_bias", "mlp_bias", "use_cache"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"config field {name!r} must be true or false, got {getattr(self, name)!r}")
         for name in ("pad_token_id", "bos_token_id"):
             value = getattr(self, name)
-            if value is not None and not isinstance(value, int):
+            if value is not None and not _is_int(value):
                 raise ConfigError(f"config field {name!r} must be an integer or null, got {value!r}")
-        if not all(isinstance(i, int) and not isinstance(i, bool) for i in self.eos_token_ids):
-            raise ConfigError(f"config field 'eos_token_id' must be an integer or a list of integers, "
-                              f"got {self.eos_token_id!r}")
+        eos = self.eos_token_id
+        if eos is not None and not _is_int(eos) and not (isinstance(eos, list) and all(_is_int(i) for i in eos)):
+            raise ConfigError(f"config field 'eos_token_id' must be an integer or a list of integers, got {eos!r}")
+        for name in ("problem_type", "torch_dtype"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"config field {name!r} must be a string or null, got {value!r}")
+        if "original_max_position_embeddings" in self.extra:
+            _check_count("original_max_position_embeddings", self.extra["original_max_position_embeddings"])
         if self.rope_scaling is not None:
             self._validate_rope_scaling()
 
     def _validate_rope_scaling(self) -> None:
-        rope_type = self.rope_type
-        if rope_type not in ROPE_REQUIRED_KEYS:
+        scaling, rope_type = self.rope_scaling, self.rope_type
+        if not isinstance(rope_type, str) or rope_type not in ROPE_REQUIRED_KEYS:
             raise ConfigError(f"config field 'rope_scaling.rope_type' is {rope_type!r}; expected one of "
                               f"{sorted(ROPE_REQUIRED_KEYS)}")
-        missing = ROPE_REQUIRED_KEYS[rope_type] - set(self.rope_scaling)
+        missing = ROPE_REQUIRED_KEYS[rope_type] - set(scaling)
         if missing:
             raise ConfigError(f"config field 'rope_scaling' with rope_type {rope_type!r} is missing required "
                               f"key(s) {sorted(missing)}")
-        if "factor" in self.rope_scaling:
-            factor = self.rope_scaling["factor"]
-            if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor < 1:
-                raise ConfigError(f"config field 'rope_scaling.factor' must be a number >= 1, got {factor!r}")
+        if "factor" in scaling and not (rope_type == "longrope" and scaling["factor"] is None):
+            _check_real("rope_scaling.factor", scaling["factor"], at_least=1)
+        if scaling.get("original_max_position_embeddings") is not None or rope_type == "llama3":
+            _check_count("rope_scaling.original_max_position_embeddings",
+                         scaling["original_max_position_embeddings"])
+        for key in ("attention_factor", "beta_fast", "beta_slow"):
+            if scaling.get(key) is not None:
+                _check_real(f"rope_scaling.{key}", scaling[key], above=0)
+        for key in ("mscale", "mscale_all_dim"):
+            if scaling.get(key) is not None:
+                _check_real(f"rope_scaling.{key}", scaling[key])
+        if "truncate" in scaling and not isinstance(scaling["truncate"], bool):
+            raise ConfigError(f"config field 'rope_scaling.truncate' must be true or false, "
+                              f"got {scaling['truncate']!r}")
+        if rope_type == "dynamic" and self.head_dim <= 2:
+            raise ConfigError(f"config field 'head_dim' must exceed 2 for dynamic rope scaling, got {self.head_dim}")
         if rope_type == "longrope":
             half = self.head_dim // 2
             for key in ("short_factor", "long_factor"):
-                value = self.rope_scaling[key]
-                if not isinstance(value, (list, tuple)) or len(value) != half:
+                value = scaling[key]
+                if not isinstance(value, list) or len(value) != half or not all(_is_real(v) and v > 0 for v in value):
                     raise ConfigError(f"config field 'rope_scaling.{key}' must be a list of head_dim/2 = {half} "
-                                      f"numbers, got {value!r}")
+                                      f"positive finite numbers, got {value!r}")
         if rope_type == "llama3":
-            low, high = self.rope_scaling["low_freq_factor"], self.rope_scaling["high_freq_factor"]
+            low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+            _check_real("rope_scaling.low_freq_factor", low, above=0)
+            _check_real("rope_scaling.high_freq_factor", high, above=0)
             if not high > low:
                 raise ConfigError(f"config field 'rope_scaling.high_freq_factor' ({high}) must exceed "
                                   f"'low_freq_factor' ({low})")
@@ -215,6 +239,8 @@ class LlamaConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LlamaConfig":
         """Build from a config.json dict (transformers 4.x or 5.x layout)."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config must be a JSON object of fields, got a {type(data).__name__}")
         data = copy.deepcopy(data)
         rope_parameters = data.pop("rope_parameters", None)
         if rope_parameters is not None:
@@ -230,6 +256,8 @@ class LlamaConfig:
         if "dtype" in data and "torch_dtype" not in data:
             data["torch_dtype"] = data.pop("dtype")
         if "id2label" in data and "num_labels" not in data:
+            if not isinstance(data["id2label"], dict):
+                raise ConfigError(f"config field 'id2label' must be an object, got {data['id2label']!r}")
             data["num_labels"] = len(data["id2label"])
         known = {f.name for f in fields(cls)} - {"extra"}
         kwargs = {k: v for k, v in data.items() if k in known}
@@ -252,18 +280,10 @@ class LlamaConfig:
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "LlamaConfig":
         """Read a config.json; errors name the file."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"no config.json at {path}") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON: {e}") from None
+        data = read_json(path, ConfigError)
         try:
             return cls.from_dict(data)
         except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
-        except TypeError as e:
             raise ConfigError(f"{path}: {e}") from None
 
     def to_json_file(self, path: str | os.PathLike) -> None:
@@ -298,8 +318,33 @@ class LlamaConfig:
         return cls.from_dict({**PRESETS[name], **overrides})
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _is_positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return _is_int(value) and value > 0
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_count(name: str, value: Any) -> None:
+    if not _is_positive_int(value) or value > MAX_SIZE:
+        raise ConfigError(f"config field {name!r} must be a positive integer below 2**31, got {value!r}")
+
+
+def _check_real(name: str, value: Any, above: float | None = None, at_least: float | None = None,
+                at_most: float | None = None) -> None:
+    """A finite number within the bounds given (above: exclusive; at_least, at_most: inclusive)."""
+    bounds = [f"> {above}" if above is not None else "", f">= {at_least}" if at_least is not None else "",
+              f"<= {at_most}" if at_most is not None else ""]
+    if (not _is_real(value) or (above is not None and not value > above)
+            or (at_least is not None and not value >= at_least) or (at_most is not None and not value <= at_most)):
+        wanted = " and ".join(b for b in bounds if b)
+        raise ConfigError(f"config field {name!r} must be a finite number{' ' + wanted if wanted else ''}, "
+                          f"got {value!r}")
 
 
 def _normalise_rope_scaling(scaling: Any) -> dict[str, Any]:

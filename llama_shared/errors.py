@@ -17,6 +17,11 @@ class GenerationError(LlamaTwinError):
     """Generation arguments that cannot be honoured (bad sampling values, prompt too long)."""
 
 
+class ConversionError(LlamaTwinError):
+    """A conversion that cannot be done or finished: a destination that is taken, a model a format
+    cannot express, a write that failed (full disk, read-only folder)."""
+
+
 class TokenizerError(LlamaTwinError):
     """A tokenizer file of the wrong kind, a corrupt file, or a tokenizer setting that cannot work."""
 

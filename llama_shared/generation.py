@@ -19,6 +19,7 @@ import numpy as np
 
 from llama_shared.config import LlamaConfig
 from llama_shared.errors import GenerationError
+from llama_shared.files import read_json
 
 GENERATION_CONFIG_FILE = "generation_config.json"
 
@@ -87,11 +88,7 @@ class GenerationConfig:
     def from_pretrained(cls, directory: str | os.PathLike) -> "GenerationConfig":
         """Read directory/generation_config.json."""
         path = os.path.join(directory, GENERATION_CONFIG_FILE)
-        try:
-            with open(path, encoding="utf-8") as f:
-                values = json.load(f)
-        except json.JSONDecodeError as e:
-            raise GenerationError(f"{path} is not valid JSON: {e}") from None
+        values = read_json(path, GenerationError)
         if not isinstance(values, dict):
             raise GenerationError(f"{path} must hold a JSON object, found {type(values).__name__}")
         return cls.from_dict(values, source=path)
@@ -99,7 +96,7 @@ class GenerationConfig:
     @classmethod
     def for_model(cls, directory: str | os.PathLike, config: LlamaConfig) -> "GenerationConfig":
         """The checkpoint's generation_config.json if it has one, else the model config's token ids."""
-        if os.path.isfile(os.path.join(directory, GENERATION_CONFIG_FILE)):
+        if os.path.exists(os.path.join(directory, GENERATION_CONFIG_FILE)):
             return cls.from_pretrained(directory)
         return cls.from_model_config(config)
 
@@ -223,7 +220,8 @@ def plan_generation(input_ids: Any, attention_mask: Any, config: GenerationConfi
 
     input_ids and attention_mask are host arrays (numpy or anything np.asarray takes). Raises
     GenerationError for an empty prompt, a row with no real token, a token id outside the
-    vocabulary, or a prompt that leaves no room in max_length or in the given cache_length. As in
+    vocabulary, a prompt that leaves no room in max_length or in the given cache_length, or a length
+    past the model's positions (position_limit), before any backend allocates a cache for it. As in
     transformers, a max_length left at its default of 20 (not given by the call) means 20 new tokens,
     capped at max_position_embeddings; max_length_given says the call set it.
     """
@@ -272,6 +270,12 @@ def plan_generation(input_ids: Any, attention_mask: Any, config: GenerationConfi
     min_new = max(config.min_new_tokens or 0, config.min_length - prompt_length, 0)
 
     needed = prompt_length + max_new
+    limit = position_limit(model_config)
+    if needed > limit:
+        asked = f"max_new_tokens {max_new}" if config.max_new_tokens is not None else f"max_length {config.max_length}"
+        raise GenerationError(f"{asked} with a {prompt_length}-token prompt needs {needed} positions, more than the "
+                              f"model's limit of {limit} ({_limit_reason(model_config)}); ask for at most "
+                              f"{max(limit - prompt_length, 0)} new tokens")
     if cache_length is None:
         cache_length = bucket_length(needed)
     elif prompt_length >= cache_length:
@@ -280,6 +284,20 @@ def plan_generation(input_ids: Any, attention_mask: Any, config: GenerationConfi
         raise GenerationError(f"the prompt ({prompt_length} tokens) and max_new_tokens ({max_new}) need "
                               f"{needed} cache slots, more than the cache of {cache_length}")
     return DecodePlan(config, batch, prompt_length, max_new, min_new, eos, pad, cache_length)
+
+
+def position_limit(model_config: LlamaConfig) -> int:
+    """The most positions a generation may use: max_position_embeddings, times the factor for dynamic
+    rope scaling (which exists to stretch past it)."""
+    if model_config.rope_type == "dynamic":
+        return int(model_config.max_position_embeddings * model_config.rope_scaling["factor"])
+    return model_config.max_position_embeddings
+
+
+def _limit_reason(model_config: LlamaConfig) -> str:
+    if model_config.rope_type == "dynamic":
+        return "max_position_embeddings times the dynamic rope factor"
+    return "max_position_embeddings"
 
 
 def bucket_length(length: int) -> int:

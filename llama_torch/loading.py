@@ -21,17 +21,13 @@ from llama_shared.checkpoints import (DEFAULT_SHARD_SIZE, Checkpoint, requested_
                                      write_checkpoint)
 from llama_shared.checkpoints.model_files import open_model_files
 from llama_shared.config import LlamaConfig
-from llama_shared.errors import CheckpointError
 from llama_shared.generation import GenerationConfig
-from llama_shared.naming import check_shape, checkpoint_key_map
+from llama_shared.parameters import check_tensors, checkpoint_specs
 from llama_shared.progress import QUIET_BELOW, byte_progress
 from llama_shared.quantization import QuantizationConfig, checkpoint_metadata, config_quantization, open_for_loading
 from llama_torch.generation import TOKEN_IDS_CHECKED, GenerationMixin
 from llama_torch.quantization import replace_linears
 from llama_torch.tensors import to_numpy, to_torch
-
-HEAD_MODULES = ("score", "qa_outputs")
-
 
 def resolve_dtype(dtype: torch.dtype | str | None, config: LlamaConfig) -> torch.dtype:
     """float32 by default (as transformers); "auto" takes the checkpoint's torch_dtype; names or torch dtypes."""
@@ -116,6 +112,8 @@ class PreTrainedModel(GenerationMixin, nn.Module):
         scale_dtype = to_numpy(torch.empty(0, dtype=target)).dtype
         config, checkpoint = open_for_loading(gguf or Checkpoint(directory), config, quantization, group_size,
                                               scale_dtype)
+        # Checked before the model is built: the meta-device build alone takes time in the layer count.
+        check_tensors(checkpoint_specs(checkpoint), config, cls.__name__, checkpoint.directory)
         with torch.device("meta"):
             model = cls(config)
         if config_quantization(config) is not None:
@@ -128,30 +126,22 @@ class PreTrainedModel(GenerationMixin, nn.Module):
 
     def load_checkpoint(self, checkpoint: Checkpoint, place: Callable[..., None] | None = None,
                         progress: bool = True) -> list[str]:
-        """Copy every tensor the model expects from the checkpoint, checking names and shapes; return
-        the names of the task-head parameters the checkpoint lacks, newly initialised.
+        """Copy every tensor the model expects from the checkpoint, after checking all their names,
+        shapes and dtypes against the config (llama_shared.parameters); return the names of the
+        task-head parameters the checkpoint lacks, newly initialised.
 
         place(param, checkpoint, key) fills one parameter from a stored tensor; by default the tensor
         is read whole (llama_torch.parallel reads each rank's block of a sharded parameter, and shows
         the progress bar on rank 0 only).
         """
         place = place or _read_whole
+        key_map = check_tensors(checkpoint_specs(checkpoint), self.config, type(self).__name__, checkpoint.directory)
         params = self.state_dict(keep_vars=True)
-        tied = {"lm_head.weight"} if self.config.tie_word_embeddings else set()
-        wanted = [k for k in params if k not in tied]
-        key_map = checkpoint_key_map(wanted, checkpoint.keys(), self.base_prefix)
-        fresh_heads = []
-        sizes = ((name, tensor_nbytes(checkpoint, key_map[name]) if key_map[name] else 0) for name in wanted)
+        fresh_heads = [name for name, source in key_map.items() if source is None]
+        sizes = ((name, tensor_nbytes(checkpoint, source)) for name, source in key_map.items() if source is not None)
         for name in byte_progress(sizes, f"loading {checkpoint.directory}", QUIET_BELOW if progress else math.inf):
-            source = key_map[name]
-            if source is None:
-                if name.split(".")[0] in HEAD_MODULES:
-                    fresh_heads.append(name)
-                    continue
-                raise CheckpointError(f"tensor {name!r} is missing from the checkpoint at {checkpoint.directory}")
-            check_shape(source, checkpoint.shape(source), tuple(params[name].shape), checkpoint.directory)
             with torch.no_grad():
-                place(params[name], checkpoint, source)
+                place(params[name], checkpoint, key_map[name])
         if fresh_heads:
             with torch.no_grad():
                 for name in fresh_heads:

@@ -19,8 +19,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 from tests import tokenizer_files  # noqa: E402
+
+# Fuzz tests are reproducible: the same examples on every run and machine, none remembered between runs.
+settings.register_profile("reproducible", derandomize=True, database=None, deadline=None)
+settings.load_profile("reproducible")
 
 TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=512, pad_token_id=0, bos_token_id=1, eos_token_id=2)
@@ -296,3 +301,36 @@ def all_variants(request, generation_models):
 def models(generation_models):
     """generation_models of the gqa-llama3 variant."""
     return generation_models("gqa-llama3")
+
+
+# ------------------------------------------------------------------------------------------------
+# Special files in a model folder (core/test_special_files, conversion/test_convert)
+
+
+@pytest.fixture
+def fails_instead_of_hanging():
+    """Turn a read that blocks into a test failure after 20 s (SIGALRM interrupts a blocked open or read)."""
+    import signal
+
+    def hung(signum, frame):
+        raise AssertionError("a reader blocked on a special file")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture(scope="session")
+def make_special():
+    """function(path, kind): replace path by a FIFO (kind "fifo") or a symlink to /dev/zero ("device")."""
+    def make(path, kind: str) -> None:
+        if os.path.lexists(path):
+            os.remove(path)
+        if kind == "fifo":
+            os.mkfifo(path)
+        else:
+            os.symlink("/dev/zero", path)
+
+    return make

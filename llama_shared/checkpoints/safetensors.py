@@ -8,6 +8,7 @@ raw little-endian bytes), which gives what the library calls do not: bfloat16 as
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import struct
@@ -19,39 +20,34 @@ import numpy as np
 from llama_shared.checkpoints.dtypes import DTYPE_NAMES, DTYPES
 from llama_shared.checkpoints.pagecache import WriteBehind, read_tensor
 from llama_shared.errors import CheckpointError
+from llama_shared.files import open_regular, read_json
 
 SINGLE_FILE = "model.safetensors"
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's limit
 INDEX_FILE = "model.safetensors.index.json"
 DEFAULT_SHARD_SIZE = 5 * 10**9
 
 
 class SafetensorsFile:
-    """One .safetensors file, read lazily: tensors are memory-mapped views made on request."""
+    """One .safetensors file, read lazily: tensors are memory-mapped views made on request.
+
+    The header is checked as the safetensors library checks it before anything is read: a JSON object
+    of at most MAX_HEADER_BYTES, known dtypes, shapes of non-negative integers, and data offsets that
+    tile the data exactly (no gap, no overlap, nothing before the data or past the file's end), each
+    span the size its shape and dtype imply.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
-        try:
-            size = os.path.getsize(self.path)
-            with open(self.path, "rb") as f:
-                head = f.read(8)
-                if len(head) < 8:
-                    raise CheckpointError(f"{self.path} is truncated: {size} bytes, no safetensors header")
-                (header_len,) = struct.unpack("<Q", head)
-                if header_len > size - 8:
-                    raise CheckpointError(f"{self.path} is truncated or not a safetensors file: header of "
-                                          f"{header_len} bytes in a {size}-byte file")
-                header = json.loads(f.read(header_len))
-        except FileNotFoundError:
-            raise CheckpointError(f"checkpoint file {self.path} does not exist") from None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise CheckpointError(f"{self.path} is not a safetensors file (its header is not JSON)") from None
-        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
-        self._entries: dict[str, dict[str, Any]] = header
-        self._data_start = 8 + header_len
-        end = max((e["data_offsets"][1] for e in header.values()), default=0)
-        if self._data_start + end > size:
-            raise CheckpointError(f"{self.path} is truncated: its header describes {self._data_start + end} "
-                                  f"bytes but the file has {size}")
+        header, self._data_start, size = _read_header(self.path)
+        metadata = header.pop("__metadata__", None)
+        metadata = {} if metadata is None else metadata
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            raise CheckpointError(f"{self.path}: the header's __metadata__ must be an object of strings")
+        self.metadata: dict[str, str] = metadata
+        self._entries: dict[str, dict[str, Any]] = {name: _checked_entry(self.path, name, entry)
+                                                    for name, entry in header.items()}
+        _check_spans(self.path, self._entries, size - self._data_start)
         self._mmap: mmap.mmap | None = None
         self._map: np.ndarray | None = None
 
@@ -70,11 +66,13 @@ class SafetensorsFile:
     def get(self, key: str) -> np.ndarray:
         """The tensor as a read-only view of the mapped file (no copy until it is used)."""
         entry = self._entry(key)
+        begin, end = entry["data_offsets"]
+        if begin == end:
+            return np.zeros(entry["shape"], DTYPES[entry["dtype"]])
         if self._map is None:
             with open(self.path, "rb") as f:
                 self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             self._map = np.frombuffer(self._mmap, dtype=np.uint8)
-        begin, end = entry["data_offsets"]
         raw = self._map[self._data_start + begin:self._data_start + end]
         return raw.view(DTYPES[entry["dtype"]]).reshape(entry["shape"])
 
@@ -112,17 +110,86 @@ class SafetensorsFile:
             raise CheckpointError(f"tensor {key!r} is not in {self.path}") from None
 
 
+def _read_header(path: str) -> tuple[dict[str, Any], int, int]:
+    """The header object of a safetensors file, where its data starts, and the file's size."""
+    try:
+        with open_regular(path, CheckpointError) as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path} is truncated: {size} bytes, no safetensors header")
+            (header_len,) = struct.unpack("<Q", head)
+            if header_len > MAX_HEADER_BYTES:
+                raise CheckpointError(f"{path} is not a safetensors file: its header length {header_len} exceeds "
+                                      f"the format's limit of {MAX_HEADER_BYTES} bytes")
+            if header_len > size - 8:
+                raise CheckpointError(f"{path} is truncated or not a safetensors file: header of "
+                                      f"{header_len} bytes in a {size}-byte file")
+            header = json.loads(f.read(header_len))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise CheckpointError(f"{path} is not a safetensors file (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} is not a safetensors file: its header is a JSON {type(header).__name__}, "
+                              f"not an object")
+    return header, 8 + header_len, size
+
+
+def _checked_entry(path: str, name: str, entry: Any) -> dict[str, Any]:
+    """One tensor's header entry, checked: a known dtype, a shape, two offsets spanning its bytes."""
+    where = f"{path}: tensor {name!r}"
+    if not isinstance(entry, dict):
+        raise CheckpointError(f"{where} has header entry {entry!r}; expected an object with dtype, shape and "
+                              f"data_offsets")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise CheckpointError(f"{where} has dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+        raise CheckpointError(f"{where} has shape {shape!r}; expected a list of non-negative integers")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(n) for n in offsets)
+            or offsets[0] > offsets[1]):
+        raise CheckpointError(f"{where} has data_offsets {offsets!r}; expected [begin, end] with "
+                              f"0 <= begin <= end")
+    nbytes = math.prod(shape) * DTYPES[dtype].itemsize
+    if offsets[1] - offsets[0] != nbytes:
+        raise CheckpointError(f"{where} spans {offsets[1] - offsets[0]} bytes (data_offsets {offsets}), but shape "
+                              f"{tuple(shape)} of {dtype} takes {nbytes}")
+    return {"dtype": dtype, "shape": shape, "data_offsets": offsets}
+
+
+def _check_spans(path: str, entries: Mapping[str, dict[str, Any]], data_size: int) -> None:
+    """The tensors' spans must tile the data from its start to the file's end, in some order."""
+    position, previous = 0, None
+    for name, entry in sorted(entries.items(), key=lambda item: item[1]["data_offsets"]):
+        begin, end = entry["data_offsets"]
+        if begin != position:
+            what = "overlaps" if begin < position else "leaves a gap after"
+            raise CheckpointError(f"{path}: tensor {name!r} (data_offsets {[begin, end]}) {what} "
+                                  f"{'the start of the data' if previous is None else repr(previous)}")
+        position, previous = end, name
+    if position > data_size:
+        raise CheckpointError(f"{path} is truncated: its header describes {position} bytes of data but the file "
+                              f"holds {data_size}")
+    if position < data_size:
+        raise CheckpointError(f"{path} has {data_size - position} bytes past the last tensor's data; not a "
+                              f"safetensors file as the format defines it")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 class Checkpoint:
-    """The weights of a Hugging Face model folder: model.safetensors, or shards with an index."""
+    """The weights of a Hugging Face model folder: model.safetensors, or shards with an index. A folder
+    with both is read as transformers reads it: model.safetensors."""
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = os.fspath(directory)
         index_path = os.path.join(self.directory, INDEX_FILE)
         single_path = os.path.join(self.directory, SINGLE_FILE)
-        if os.path.exists(index_path):
-            self._key_to_file = _read_index(index_path)
-        elif os.path.exists(single_path):
+        if os.path.exists(single_path):
             self._key_to_file = None
+        elif os.path.exists(index_path):
+            self._key_to_file = _read_index(index_path)
         else:
             raise CheckpointError(f"no {SINGLE_FILE} or {INDEX_FILE} in {self.directory}")
         self._files: dict[str, SafetensorsFile] = {}
@@ -182,15 +249,21 @@ class Checkpoint:
 
 
 def _read_index(index_path: str) -> dict[str, str]:
+    """The index's weight_map, each shard named by a plain path inside the folder.
+
+    The check is on the names as written, not on where they lead: huggingface_hub's cache stores a
+    snapshot's files as symlinks into ../../blobs/, which a shard may be."""
     try:
-        with open(index_path, encoding="utf-8") as f:
-            weight_map = json.load(f)["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+        weight_map = read_json(index_path, CheckpointError)["weight_map"]
+    except (KeyError, TypeError):
         raise CheckpointError(f"{index_path} is not a safetensors index (expected a 'weight_map' object)") from None
-    folder = os.path.realpath(os.path.dirname(index_path))
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index_path}: 'weight_map' must be a non-empty object of tensor name -> shard file")
     for key, name in weight_map.items():
-        target = os.path.realpath(os.path.join(folder, name))
-        if os.path.isabs(name) or os.path.dirname(target) != folder:
+        if not isinstance(name, str) or not name.endswith(".safetensors"):
+            raise CheckpointError(f"{index_path} places tensor {key!r} in {name!r}; expected a .safetensors file name")
+        parts = name.replace("\\", "/").split("/")
+        if os.path.isabs(name) or "" in parts or ".." in parts:
             raise CheckpointError(f"{index_path} places tensor {key!r} in {name!r}, outside the checkpoint folder")
     return dict(weight_map)
 

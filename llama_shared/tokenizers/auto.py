@@ -4,13 +4,15 @@ folder (or hub repo) and its tokenizer_config.json."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
+from llama_shared.checkpoints.gguf import open_gguf
 from llama_shared.checkpoints.hub import resolve_model_dir
 from llama_shared.errors import CheckpointError, TokenizerError
+from llama_shared.files import open_regular, read_json
 from llama_shared.tokenizers.base import TokenizerBase
-from llama_shared.checkpoints.gguf import open_gguf
 from llama_shared.tokenizers.backends import (AS_WRITTEN, BYTE_LEVEL, LLAMA, backend_class, byte_level_backend,
                                               llama_backend, read_tokenizer_json, vocab_and_merges)
 from llama_shared.tokenizers.fast import LlamaTokenizerFast, PreTrainedTokenizerFast
@@ -37,13 +39,19 @@ def _token_content(value: Any) -> str | None:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TokenizerError(f"{path} is not valid JSON: {exc}") from None
+    data = read_json(path, TokenizerError)
     if not isinstance(data, dict):
         raise TokenizerError(f"{path} must hold a JSON object, got {type(data).__name__}")
     return data
+
+
+def _read_text(path: Path) -> str:
+    with open_regular(path, TokenizerError) as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TokenizerError(f"{path} is not UTF-8 text: {exc}") from None
 
 
 def _resolve_directory(name_or_path: str | Path, revision: str | None) -> Path:
@@ -70,11 +78,14 @@ class AutoTokenizer:
         if gguf_file is not None:
             return gguf_tokenizer(open_gguf(name_or_path, gguf_file, revision), **overrides)
         directory = _resolve_directory(name_or_path, revision)
-        config = _read_json(directory / "tokenizer_config.json") if (directory / "tokenizer_config.json").is_file() else {}
-        if (directory / "special_tokens_map.json").is_file():
+        # exists(), not is_file(): a FIFO or device under a tokenizer file's name is an error, not absent.
+        config_file = directory / "tokenizer_config.json"
+        config = _read_json(config_file) if config_file.exists() else {}
+        if (directory / "special_tokens_map.json").exists():
             config = {**_read_json(directory / "special_tokens_map.json"), **config}
-        if "chat_template" not in config and (directory / "chat_template.jinja").is_file():
-            config["chat_template"] = (directory / "chat_template.jinja").read_text(encoding="utf-8")
+        if "chat_template" not in config and (directory / "chat_template.jinja").exists():
+            config["chat_template"] = _read_text(directory / "chat_template.jinja")
+        config = _checked_config(config, directory)
         tokens = {role: _token_content(config[role]) for role in ("bos_token", "eos_token", "unk_token", "pad_token")
                   if role in config}
         kwargs = {key: config[key] for key in _SHARED_KEYS if config.get(key) is not None}
@@ -82,20 +93,51 @@ class AutoTokenizer:
 
         tokenizer_json = directory / "tokenizer.json"
         model_file = next((p for p in (directory / "tokenizer.model", directory / "original" / "tokenizer.model")
-                           if p.is_file()), None)
+                           if p.exists()), None)
         kind = detect_kind(model_file) if model_file is not None else None
-        if kind == "tiktoken" and not tokenizer_json.is_file():
+        if kind == "tiktoken" and not tokenizer_json.exists():
             kwargs.pop("unk_token", None)
             kwargs["special_tokens"] = _llama3_names(config)
             return Llama3Tokenizer(model_file, **{**kwargs, **overrides})
         spm_kwargs = {key: config[key] for key in _SPM_KEYS if config.get(key) is not None}
-        if tokenizer_json.is_file() and use_fast:
+        if tokenizer_json.exists() and use_fast:
             return _from_tokenizer_json(directory, config, overrides)
         if kind == "sentencepiece":
             cls = LlamaTokenizerFast if use_fast else LlamaTokenizer
             return cls(model_file, **{**kwargs, **spm_kwargs, **overrides})
         raise TokenizerError(f"{directory} holds no tokenizer.json and no tokenizer.model"
                              + (" usable without tokenizer.json" if model_file is not None else ""))
+
+
+def _checked_config(config: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """tokenizer_config.json (with special_tokens_map.json) with the types of the fields read checked,
+    and a list of named chat templates (transformers' form) reduced to its "default" one."""
+    def fail(key: str, expected: str) -> None:
+        raise TokenizerError(f"{directory}/tokenizer_config.json: field {key!r} must be {expected}, got "
+                             f"{config[key]!r}")
+
+    for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
+        if key in config and not isinstance(_token_content(config[key]), (str, type(None))):
+            fail(key, "a string, an object with a string 'content', or null")
+    for key in ("add_bos_token", "add_eos_token", "clean_up_tokenization_spaces", "legacy", "add_prefix_space"):
+        if config.get(key) is not None and not isinstance(config[key], bool):
+            fail(key, "true, false or null")
+    length = config.get("model_max_length")
+    if length is not None and not (isinstance(length, (int, float)) and not isinstance(length, bool)
+                                   and math.isfinite(length) and length > 0):
+        fail("model_max_length", "a positive number")
+    decoder = config.get("added_tokens_decoder")
+    if decoder is not None and not (isinstance(decoder, dict) and all(key.isdigit() for key in decoder)):
+        fail("added_tokens_decoder", "an object keyed by token ids")
+    template = config.get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        if not isinstance(named.get("default"), str):
+            fail("chat_template", "a string or a list of {'name', 'template'} objects with a 'default' one")
+        config = {**config, "chat_template": named["default"]}
+    elif template is not None and not isinstance(template, str):
+        fail("chat_template", "a string")
+    return config
 
 
 def _llama3_names(config: dict[str, Any]) -> list[str] | str:

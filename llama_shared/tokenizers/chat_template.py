@@ -47,11 +47,12 @@ def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, s
 
 @lru_cache(maxsize=16)
 def _compile(template: str):
-    import jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    import jinja2
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
-    env.filters["tojson"] = _tojson
+    from llama_shared.tokenizers.sandbox import BoundedEnvironment  # jinja2 is imported when a template is used
+
+    env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.add_filters(tojson=_tojson)
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     try:
@@ -62,8 +63,13 @@ def _compile(template: str):
 
 def render_chat_template(template: str, messages: list[dict[str, Any]], *, add_generation_prompt: bool,
                          special_tokens: dict[str, str], **kwargs: Any) -> str:
-    """Render `messages` as transformers' apply_chat_template(tokenize=False) does."""
+    """Render `messages` as transformers' apply_chat_template(tokenize=False) does, within the
+    sandbox's limits on size and time (llama_shared.tokenizers.sandbox)."""
+    if not isinstance(template, str):
+        raise TokenizerError(f"chat_template must be a string, got {type(template).__name__}")
     if not isinstance(messages, (list, tuple)) or not all(isinstance(m, dict) for m in messages):
         raise TokenizerError("a conversation must be a list of {'role': ..., 'content': ...} dicts")
-    return _compile(template).render(messages=list(messages), add_generation_prompt=add_generation_prompt,
-                                     **special_tokens, **kwargs)
+    from llama_shared.tokenizers.sandbox import render_bounded
+
+    variables = {**special_tokens, **kwargs, "messages": list(messages), "add_generation_prompt": add_generation_prompt}
+    return render_bounded(_compile(template), variables)

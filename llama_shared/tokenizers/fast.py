@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from llama_shared.errors import TokenizerError
+from llama_shared.files import open_regular
 from llama_shared.tokenizers.backends import generate_merges
 from llama_shared.tokenizers.base import TokenizerBase, as_id_list
 from llama_shared.tokenizers.chat_template import LLAMA2_CHAT_TEMPLATE, LLAMA3_CHAT_TEMPLATE
@@ -174,8 +175,7 @@ def _load_tokenizer_json(path: str | Path):
     from tokenizers import Tokenizer
 
     path = Path(path)
-    if not path.is_file():
-        raise TokenizerError(f"tokenizer.json not found at {path}")
+    open_regular(path, TokenizerError).close()  # missing, or a FIFO or device that would block the reader
     try:
         return Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises a bare Exception for unparsable files

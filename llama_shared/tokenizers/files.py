@@ -9,16 +9,15 @@ import re
 from pathlib import Path
 
 from llama_shared.errors import TokenizerError
+from llama_shared.files import open_regular
 
 SPIECE_UNDERLINE = "\u2581"
 _TIKTOKEN_LINE = re.compile(rb"^[A-Za-z0-9+/]+={0,2} \d+$")
 
 
 def _read_bytes(path: str | Path) -> bytes:
-    path = Path(path)
-    if not path.is_file():
-        raise TokenizerError(f"tokenizer file {path} does not exist or is not a file")
-    data = path.read_bytes()
+    with open_regular(path, TokenizerError) as f:
+        data = f.read()
     if not data:
         raise TokenizerError(f"tokenizer file {path} is empty; expected a sentencepiece model or a tiktoken BPE file")
     return data

@@ -1,31 +1,56 @@
 """The `llama-twin` command: one entry point, one module per subcommand (generate, convert, parity,
-mask, train, perplexity, lm-eval), each with add_arguments(parser) and run(args) -> exit status."""
+mask, train, perplexity, lm-eval), each with add_arguments(parser) and run(args) -> exit status.
+
+An error is printed as one line naming the file, field or tensor at fault and the command exits 1
+(130 when interrupted); `--debug` (before or after the subcommand) shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from llama_shared.errors import LlamaTwinError
 from llama_twin.cli import convert, generate, harness, mask, parity, perplexity, train
 
 SUBCOMMANDS = {"generate": generate, "convert": convert, "parity": parity, "mask": mask, "train": train,
                "perplexity": perplexity, "lm-eval": harness}
+DEBUG_HELP = "show the full traceback of an error instead of one line"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one subcommand."""
     parser = argparse.ArgumentParser(prog="llama-twin", description="Llama in JAX/Flax with a PyTorch twin.")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, module in SUBCOMMANDS.items():
         summary = module.__doc__.strip().splitlines()[0]
-        module.add_arguments(commands.add_parser(
-            name, help=summary, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+        subparser = commands.add_parser(name, help=summary, description=module.__doc__,
+                                        formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(subparser)
+        subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(SUBCOMMANDS[args.command], "PASSES_ON_ARGUMENTS", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.passed_on = extra
-    return SUBCOMMANDS[args.command].run(args)
+    try:
+        return SUBCOMMANDS[args.command].run(args)
+    except (LlamaTwinError, OSError) as e:
+        if args.debug:
+            raise
+        return _fail(args.command, f"error: {e}")
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        _fail(args.command, "interrupted")
+        return 130
+    except Exception as e:  # noqa: BLE001 - a bug: one line here, the traceback with --debug
+        if args.debug:
+            raise
+        return _fail(args.command, f"internal error {type(e).__name__}: {e} (run with --debug for the traceback "
+                                   f"and please report it)")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _fail(command: str, message: str) -> int:
+    print(f"llama-twin {command}: {' '.join(message.splitlines())}", file=sys.stderr, flush=True)
+    return 1

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 
 from llama_shared.checkpoints import DEFAULT_SHARD_SIZE
-from llama_shared.errors import LlamaTwinError
 from llama_twin.conversion import FORMATS, convert, detect_format
 from llama_twin.conversion.formats.gguf import GGUF_TYPES
 from llama_twin.conversion.verify import VERIFY_PROMPT_LENGTH, max_logit_difference
@@ -52,17 +51,12 @@ def parse_size(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        src_format = args.from_format or detect_format(args.src)
-        convert(args.src, args.dst, args.to, from_format=src_format, dtype=args.dtype, shard_size=args.shard_size,
-                num_shards=args.num_shards, gguf_type=args.gguf_type, overwrite=args.overwrite,
-                progress=args.progress)
-        print(f"wrote {args.to} checkpoint {args.dst}")
-        if args.verify:
-            difference = max_logit_difference(args.src, src_format, args.dst, args.to)
-            print(f"max |logit difference| over {VERIFY_PROMPT_LENGTH} tokens, {src_format} vs {args.to}: "
-                  f"{difference:.3g}")
-    except LlamaTwinError as e:
-        print(f"llama-twin convert: error: {e}")
-        return 1
+    src_format = args.from_format or detect_format(args.src)
+    convert(args.src, args.dst, args.to, from_format=src_format, dtype=args.dtype, shard_size=args.shard_size,
+            num_shards=args.num_shards, gguf_type=args.gguf_type, overwrite=args.overwrite, progress=args.progress)
+    print(f"wrote {args.to} checkpoint {args.dst}")
+    if args.verify:
+        difference = max_logit_difference(args.src, src_format, args.dst, args.to)
+        print(f"max |logit difference| over {VERIFY_PROMPT_LENGTH} tokens, {src_format} vs {args.to}: "
+              f"{difference:.3g}")
     return 0

@@ -26,7 +26,6 @@ import numpy as np
 import torch.distributed as dist
 
 from llama_shared.checkpoints import resolve_model_dir
-from llama_shared.errors import LlamaTwinError
 from llama_shared.streaming import TextStreamer
 from llama_shared.tokenizers import AutoTokenizer
 from llama_twin.backends import Backend, get_backend
@@ -80,14 +79,10 @@ def run(args: argparse.Namespace) -> int:
     if torch_job:
         return 0 if run_torch_job("generate", generate_on_ranks, args.nproc, args, prompts,
                                   timeout_s=args.timeout) else 1
-    try:
-        backend = get_backend(args.backend)
-        model, tokenizer, mesh = _load(backend, args)
-        with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-            generate_all(model, tokenizer, backend, prompts, args, model.generate, main_process=True)
-    except (LlamaTwinError, FileNotFoundError) as e:
-        print(f"llama-twin generate: {e}", file=sys.stderr)
-        return 1
+    backend = get_backend(args.backend)
+    model, tokenizer, mesh = _load(backend, args)
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        generate_all(model, tokenizer, backend, prompts, args, model.generate, main_process=True)
     return 0
 
 
@@ -113,7 +108,9 @@ def generate_all(model: Any, tokenizer: Any, backend: Backend, prompts: list[str
                  generate: Callable[..., Any], main_process: bool) -> None:
     """Each prompt through generate(ids, streamer=..., stats=..., **sampling), streamed (or printed
     whole) with its closing line, by the main process."""
-    max_new_tokens = args.max_new_tokens or model.generation_defaults().max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    max_new_tokens = args.max_new_tokens
+    if max_new_tokens is None:
+        max_new_tokens = model.generation_defaults().max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     sampling = dict(max_new_tokens=max_new_tokens, min_new_tokens=args.min_new_tokens,
                     do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                     min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from llama_shared.errors import CheckpointError
+from llama_shared.errors import CheckpointError, ConversionError
 from llama_twin.conversion.formats import flax, gguf, hf, meta
 from llama_twin.conversion.formats.base import Format
 from llama_twin.conversion.source import TensorSource
@@ -16,9 +16,9 @@ FORMATS = tuple(REGISTRY)
 
 
 def get_format(name: str) -> Format:
-    """The Format called name; CheckpointError naming the known ones otherwise."""
+    """The Format called name; ConversionError naming the known ones otherwise."""
     if name not in REGISTRY:
-        raise CheckpointError(f"unknown checkpoint format {name!r}; expected one of {FORMATS}")
+        raise ConversionError(f"unknown checkpoint format {name!r}; expected one of {FORMATS}")
     return REGISTRY[name]
 
 

@@ -20,11 +20,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from llama_shared.config import LlamaConfig
+from llama_shared.parameters import FLOAT_DTYPES
 
 # Files beside the weights that a converted checkpoint keeps (those the target format can use).
 CARRIED_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                  "added_tokens.json", "chat_template.jinja", "generation_config.json")
-FLOAT_DTYPES = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64, ml_dtypes.bfloat16))
 
 Specs = dict[str, tuple[tuple[int, ...], np.dtype]]
 T = TypeVar("T")

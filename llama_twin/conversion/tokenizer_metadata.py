@@ -8,7 +8,7 @@ import json
 import re
 from typing import Any
 
-from llama_shared.errors import CheckpointError
+from llama_shared.errors import CheckpointError, ConversionError
 from llama_shared.tokenizers.fast import LlamaTokenizerFast, PreTrainedTokenizerFast
 from llama_shared.tokenizers.gguf import CONTROL, PRE_TOKENIZER_SPLITS, USER_DEFINED
 from llama_shared.tokenizers.spm import LlamaTokenizer
@@ -41,12 +41,12 @@ def gguf_tokenizer_metadata(tokenizer: Any, vocab_size: int, scores: dict[str, f
                                        add_bos_token=tokenizer.add_bos_token, add_eos_token=tokenizer.add_eos_token,
                                        chat_template=tokenizer.chat_template)
     if not isinstance(tokenizer, (PreTrainedTokenizerFast, LlamaTokenizerFast)):
-        raise CheckpointError(f"the source's tokenizer ({type(tokenizer).__name__}) has no GGUF form here; GGUF "
+        raise ConversionError(f"the source's tokenizer ({type(tokenizer).__name__}) has no GGUF form here; GGUF "
                               "export embeds tokenizers.json BPE and sentencepiece tokenizers")
     content = json.loads(tokenizer.backend_tokenizer.to_str())
     model = content["model"]
     if model.get("type") != "BPE":
-        raise CheckpointError(f"the source's tokenizer.json has a {model.get('type')} model; GGUF export embeds BPE")
+        raise ConversionError(f"the source's tokenizer.json has a {model.get('type')} model; GGUF export embeds BPE")
     size = len(tokenizer)
     if size > vocab_size:
         raise CheckpointError(f"the tokenizer has {size} tokens but the model's vocab_size is {vocab_size}")

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from llama_shared.checkpoints import Checkpoint
+from llama_shared.checkpoints import Checkpoint, save_tensors
 from llama_twin.cli import main
 from llama_shared.config import LlamaConfig
 from llama_twin.conversion import convert, detect_format
 from llama_twin.conversion.formats.meta import ffn_hidden_size, meta_ffn_params
-from llama_shared.errors import CheckpointError
+from llama_shared.errors import CheckpointError, ConversionError, LlamaTwinError
 
 LLAMA31_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                 "original_max_position_embeddings": 8192}
@@ -321,6 +321,9 @@ def folder_digest(folder: str) -> dict[str, str]:
     for root, _, files in os.walk(folder):
         for name in files:
             path = os.path.join(root, name)
+            if not os.path.isfile(path):  # a FIFO or device: never read
+                digest[os.path.relpath(path, folder)] = "special"
+                continue
             with open(path, "rb") as f:
                 digest[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
     return digest
@@ -330,7 +333,7 @@ def assert_fails_cleanly(src, dst, to, match, **kwargs) -> None:
     before = folder_digest(str(src))
     dst_before = folder_digest(str(dst)) if os.path.exists(dst) else None
     siblings = set(os.listdir(os.path.dirname(os.path.realpath(dst))))
-    with pytest.raises(CheckpointError, match=match):
+    with pytest.raises(LlamaTwinError, match=match):
         convert(src, dst, to, progress=False, **kwargs)
     assert folder_digest(str(src)) == before
     assert (folder_digest(str(dst)) if os.path.exists(dst) else None) == dst_before
@@ -340,6 +343,27 @@ def assert_fails_cleanly(src, dst, to, match, **kwargs) -> None:
 def test_missing_params_json(meta_dir, tmp_path):
     os.remove(meta_dir / "params.json")
     assert_fails_cleanly(meta_dir, tmp_path / "out", "hf", "has no params.json")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"n_heads": "4"}, "field 'n_heads' must be a positive integer, got '4'"),
+    ({"multiple_of": 0}, "field 'multiple_of' must be a positive integer, got 0"),
+    ({"ffn_dim_multiplier": "0.5"}, "field 'ffn_dim_multiplier' must be a finite positive number"),
+    ({"norm_eps": "1e-6"}, "field 'norm_eps' must be a finite positive number"),
+    ({"rope_theta": "x"}, "field 'rope_theta' must be a finite positive number"),
+    ({"vocab_size": "128"}, "field 'vocab_size' must be an integer"),
+    ({"use_scaled_rope": True, "rope_scaling_factor": float("nan")}, "'rope_scaling_factor' must be a finite"),
+    ({"n_kv_heads": 3}, "describes no valid model: .*num_key_value_heads"),
+])
+def test_odd_params_json_fields_name_the_file_and_field(meta_dir, tmp_path, change, message):
+    """Issue 18: these were raw TypeError, ValueError and ZeroDivisionError tracebacks."""
+    (meta_dir / "params.json").write_text(json.dumps({**TINY_PARAMS, **change}))
+    assert_fails_cleanly(meta_dir, tmp_path / "out", "hf", f"params.json.*{message}")
+
+
+def test_params_json_that_is_not_an_object(meta_dir, tmp_path):
+    (meta_dir / "params.json").write_text("[1, 2]")
+    assert_fails_cleanly(meta_dir, tmp_path / "out", "hf", "params.json must hold a JSON object, found list")
 
 
 def test_file_count_that_does_not_match(meta_dir, tmp_path):
@@ -437,12 +461,60 @@ def test_non_empty_destination_needs_overwrite(hf_checkpoint, tmp_path):
     dst = tmp_path / "dst"
     dst.mkdir()
     (dst / "notes.txt").write_text("mine")
-    with pytest.raises(CheckpointError, match="not empty"):
+    with pytest.raises(ConversionError, match="not empty"):
         convert(hf_checkpoint(), dst, "meta", progress=False)
     assert (dst / "notes.txt").read_text() == "mine"
     convert(hf_checkpoint(), dst, "meta", overwrite=True, progress=False)
     assert sorted(os.listdir(dst)) == ["consolidated.00.pth", "params.json"]
     assert sorted(os.listdir(tmp_path)) == ["dst"]
+
+
+def damaged_copy(folder, tmp_path, edit) -> str:
+    """A copy of an hf checkpoint whose tensors edit(state) changed."""
+    copy = tmp_path / "damaged"
+    shutil.copytree(folder, copy)
+    checkpoint = Checkpoint(copy)
+    state = {key: np.array(checkpoint.get(key)) for key in checkpoint.keys()}
+    edit(state)
+    os.remove(copy / "model.safetensors")
+    save_tensors(copy, state)
+    return str(copy)
+
+
+SOURCE_DAMAGE = {
+    "missing tensor": (lambda s: s.pop("model.layers.1.self_attn.k_proj.weight"),
+                       r"'model\.layers\.1\.self_attn\.k_proj\.weight' is missing"),
+    "wrong shape": (lambda s: s.update({"model.norm.weight": s["model.norm.weight"][:-1]}),
+                    r"'model\.norm\.weight' .* shape \(63,\), but the config expects \(64,\)"),
+    "extra layer": (lambda s: s.update({"model.layers.2.input_layernorm.weight": s["model.norm.weight"]}),
+                    r"'model\.layers\.2\.input_layernorm\.weight' .* is not part of the LlamaForCausalLM"),
+    "integer weights": (lambda s: s.update({"lm_head.weight": s["lm_head.weight"].astype(np.int8)}),
+                        r"'lm_head\.weight' .* is int8, but the model needs floating weights"),
+}
+
+
+@pytest.mark.parametrize("to", ["hf", "meta", "flax"])
+@pytest.mark.parametrize("damage", sorted(SOURCE_DAMAGE))
+def test_source_that_does_not_fit_its_config_fails_before_writing(hf_checkpoint, tmp_path, damage, to):
+    edit, message = SOURCE_DAMAGE[damage]
+    src = damaged_copy(hf_checkpoint(), tmp_path, edit)
+    assert_fails_cleanly(src, tmp_path / "out", to, message)
+
+
+def test_cli_refuses_a_broken_source_with_status_1(hf_checkpoint, tmp_path, capsys):
+    src = damaged_copy(hf_checkpoint(), tmp_path, SOURCE_DAMAGE["missing tensor"][0])
+    assert main(["convert", src, str(tmp_path / "out"), "--to", "hf", "--no-progress"]) == 1
+    assert "is missing" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+@pytest.mark.parametrize("name", ["params.json", "consolidated.01.pth"])
+def test_special_file_in_a_meta_folder_is_refused(meta_dir, tmp_path, make_special, fails_instead_of_hanging, kind,
+                                                  name):
+    make_special(meta_dir / name, kind)
+    assert_fails_cleanly(meta_dir, tmp_path / "out", "hf", f"{name} is a (FIFO|device), not a regular file")
 
 
 def test_meta_cannot_express_attention_bias(hf_checkpoint, tmp_path):
@@ -474,4 +546,4 @@ def test_cli_convert_and_verify(hf_checkpoint, tmp_path, capsys):
     difference = float(capsys.readouterr().out.rsplit(":", 1)[1])
     assert difference < 1e-4
     assert main(["convert", src, str(tmp_path / "meta"), "--to", "hf", "--no-progress"]) == 1
-    assert "is not empty" in capsys.readouterr().out
+    assert "is not empty" in capsys.readouterr().err

@@ -14,7 +14,7 @@ import pytest
 
 from llama_shared.checkpoints import Checkpoint
 from llama_shared.checkpoints.gguf import GGUFCheckpoint
-from llama_shared.errors import CheckpointError
+from llama_shared.errors import CheckpointError, ConversionError
 from llama_shared.tokenizers import AutoTokenizer
 from llama_twin.cli import main
 from llama_twin.conversion import convert, detect_format
@@ -286,10 +286,10 @@ def test_tensor_shape_that_disagrees_with_the_metadata(hf_checkpoint, tmp_path):
 def test_gguf_destination_rules(hf_with_tokenizer, tmp_path):
     src = hf_with_tokenizer()
     (tmp_path / "taken.gguf").write_text("mine")
-    with pytest.raises(CheckpointError, match="exists; pass overwrite=True"):
+    with pytest.raises(ConversionError, match="exists; pass overwrite=True"):
         convert(src, tmp_path / "taken.gguf", "gguf", progress=False)
     assert (tmp_path / "taken.gguf").read_text() == "mine"
-    with pytest.raises(CheckpointError, match="not one this writer quantizes"):
+    with pytest.raises(ConversionError, match="not one this writer quantizes"):
         convert(src, tmp_path / "new.gguf", "gguf", gguf_type="q2_k", progress=False)
     assert sorted(os.listdir(tmp_path)) == ["taken.gguf"]
     convert(src, tmp_path / "taken.gguf", "gguf", overwrite=True, progress=False)

@@ -5,6 +5,8 @@ sentencepiece classes, which transformers 5 no longer has, to 4.57.6 in its own 
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import warnings
 
@@ -149,3 +151,32 @@ def test_llama3_chat_matches_meta_chat_format(llama3_tiktoken_path):
         stripped = [{"role": m["role"], "content": m["content"].strip()} for m in conversation]
         want = chat.encode_dialog_prompt([RawMessage(**m) for m in stripped]).tokens
         assert ours.apply_chat_template(stripped, add_generation_prompt=True) == want
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("bos_token", 5, "a string, an object with a string 'content', or null"),
+    ("pad_token", {"content": 7}, "a string, an object with a string 'content', or null"),
+    ("eos_token", ["</s>"], "a string, an object with a string 'content', or null"),
+    ("add_bos_token", "yes", "true, false or null"),
+    ("legacy", "no", "true, false or null"),
+    ("model_max_length", "x", "a positive number"),
+    ("model_max_length", float("nan"), "a positive number"),
+    ("added_tokens_decoder", {"x": 1}, "an object keyed by token ids"),
+    ("chat_template", 5, "a string"),
+    ("chat_template", [1, 2], "a string or a list of {'name', 'template'} objects with a 'default' one"),
+])
+def test_odd_tokenizer_config_field_names_file_and_field(tmp_path, trained_spm_path, field, value, expected):
+    """Issue 18: these were raw TypeError and ValueError tracebacks, or silently used."""
+    shutil.copy(trained_spm_path, tmp_path / "tokenizer.model")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({field: value}))
+    with pytest.raises(TokenizerError, match=rf"tokenizer_config\.json: field '{field}' must be {re.escape(expected)}"):
+        AutoTokenizer.from_pretrained(tmp_path)
+
+
+def test_named_chat_templates_use_the_default_one(tmp_path, trained_spm_path):
+    """transformers' list form of several named templates: the one named "default" applies."""
+    shutil.copy(trained_spm_path, tmp_path / "tokenizer.model")
+    templates = [{"name": "tool_use", "template": "tools"}, {"name": "default", "template": "{{ messages[0].content }}!"}]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": templates}))
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    assert tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == "hi!"

@@ -23,6 +23,9 @@ BAD_CALLS = {
     "mask of another shape": (dict(attention_mask=np.ones((1, 3))), "attention_mask"),
     "eos outside the vocabulary": (dict(eos_token_id=[2, 500]), "500"),
     "zero max_new_tokens": (dict(max_new_tokens=0), "max_new_tokens"),
+    "negative max_new_tokens": (dict(max_new_tokens=-5), "max_new_tokens"),
+    "max_new_tokens past the positions": (dict(max_new_tokens=10**9), "more than the model's limit of 512"),
+    "max_length past the positions": (dict(max_length=10**9), "max_length 1000000000"),
     "min_p above one": (dict(do_sample=True, min_p=1.5), "min_p"),
 }
 
@@ -44,8 +47,9 @@ def no_compiling(monkeypatch):
 
     for name in ("_start_jit", "_advance_jit", "_generate_loop_jit", "_is_running_jit"):
         monkeypatch.setattr(flax_generation, name, Untouchable())
-    for name in ("prefill", "decode_step"):
+    for name in ("prefill", "decode_step", "KVCache"):
         monkeypatch.setattr(torch_generation, name, Untouchable())
+    monkeypatch.setattr(flax_generation, "KVCache", Untouchable())
     monkeypatch.setattr(torch_generation.torch, "compile", Untouchable())
 
 
@@ -74,3 +78,36 @@ def test_a_prompt_longer_than_a_given_cache(twins):
         plan_generation(PROMPT, None, config, twins[0].config, cache_length=3)
     with pytest.raises(GenerationError, match="need 8 cache slots"):
         plan_generation(PROMPT, None, config, twins[0].config, cache_length=6)
+
+
+@pytest.mark.parametrize("backend", ["torch", "flax"])
+@pytest.mark.parametrize("length", ["max_new_tokens", "max_length"])
+def test_a_huge_length_in_generation_config_json_is_an_error_before_allocating(hf_checkpoint, tmp_path, backend,
+                                                                                length, no_compiling):
+    """A repository's generation_config.json asking for 10**9 tokens (torch built an 8 GB mask and asked
+    for 128 GB of cache, Flax for 1.1 TB)."""
+    import json
+    import shutil
+
+    import torch
+
+    from llama_flax import FlaxLlamaForCausalLM
+    from llama_torch import LlamaForCausalLM
+
+    folder = tmp_path / "model"
+    shutil.copytree(hf_checkpoint(), folder)
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": 2, length: 10**9}))
+    model = (LlamaForCausalLM if backend == "torch" else FlaxLlamaForCausalLM).from_pretrained(folder)
+    ids = torch.from_numpy(PROMPT) if backend == "torch" else PROMPT
+    with pytest.raises(GenerationError, match=f"{length} 1000000000 with a 4-token prompt needs .* more than the "
+                                              f"model's limit of 512"):
+        model.generate(ids)
+
+
+def test_dynamic_rope_may_generate_up_to_its_factor_times_the_positions(twins):
+    from llama_shared.generation import plan_generation
+
+    dynamic = twins[0].config.replace(rope_scaling={"rope_type": "dynamic", "factor": 2.0})
+    assert plan_generation(PROMPT, None, GenerationConfig(max_new_tokens=1020), dynamic).max_new_tokens == 1020
+    with pytest.raises(GenerationError, match="limit of 1024 .*dynamic"):
+        plan_generation(PROMPT, None, GenerationConfig(max_new_tokens=1021), dynamic)

@@ -3,6 +3,7 @@ and the clear errors bad checkpoints raise."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -193,17 +194,68 @@ def test_not_a_model_folder(tmp_path):
     assert jax.devices()  # the Flax backend stayed usable
 
 
-def test_hub_repo_id_resolves_from_the_cache_offline(hf_checkpoint, tmp_path, monkeypatch):
-    """A repo id loads from huggingface_hub's cache layout with HF_HUB_OFFLINE (no network)."""
+def hub_cache(folder, cache, repo_id: str, commit: str = "0123456789abcdef" * 2 + "01234567") -> str:
+    """Put a model folder into a huggingface_hub cache as the library lays it out: the files as blobs
+    named by their hash, the snapshot of the commit as relative symlinks into ../../blobs/, refs/main
+    naming the commit. Returns the snapshot folder."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    blobs, snapshot = repo / "blobs", repo / "snapshots" / commit
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    for name in sorted(os.listdir(folder)):
+        data = (folder / name).read_bytes()
+        blob = blobs / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
+    return str(snapshot)
+
+
+def test_sharded_model_in_the_hub_cache_loads_by_repo_id_offline(tiny_hf_config, randomize, tmp_path, monkeypatch):
+    """A sharded transformers save in huggingface_hub's cache (snapshot files are symlinks into
+    ../../blobs/, as for every sharded Llama on the hub) loads by repo id with HF_HUB_OFFLINE=1 in
+    both twins, with transformers' logits."""
     import huggingface_hub.constants as hub
 
-    snapshot = tmp_path / "models--acme--tiny-llama" / "snapshots" / ("0" * 40)
-    shutil.copytree(hf_checkpoint(), snapshot)
-    (tmp_path / "models--acme--tiny-llama" / "refs").mkdir()
-    (tmp_path / "models--acme--tiny-llama" / "refs" / "main").write_text("0" * 40)
-    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    reference = transformers.LlamaForCausalLM(tiny_hf_config()).eval()
+    randomize(reference)
+    reference.save_pretrained(tmp_path / "saved", max_shard_size="40KB")
+    assert len([n for n in os.listdir(tmp_path / "saved") if n.endswith(".safetensors")]) > 2
+    snapshot = hub_cache(tmp_path / "saved", tmp_path / "cache", "acme/tiny-llama-sharded")
+    assert all(os.path.islink(os.path.join(snapshot, n)) for n in os.listdir(snapshot))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "cache"))  # read by huggingface_hub at import
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
-    model = LlamaForCausalLM.from_pretrained("acme/tiny-llama")
-    np.testing.assert_array_equal(model.model.norm.weight.detach().numpy(), hf_state(snapshot)["model.norm.weight"])
+
+    ids = np.array([[1, 17, 42, 99, 5, 63, 120, 7]])
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(ids)).logits.numpy()
+    torch_twin = LlamaForCausalLM.from_pretrained("acme/tiny-llama-sharded")
+    flax_twin = FlaxLlamaForCausalLM.from_pretrained("acme/tiny-llama-sharded")
+    with torch.no_grad():
+        np.testing.assert_allclose(torch_twin(torch.from_numpy(ids)).logits.numpy(), expected, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(flax_twin(ids).logits), expected, rtol=0, atol=1e-4)
     with pytest.raises(CheckpointError, match="acme/absent"):
         LlamaForCausalLM.from_pretrained("acme/absent")
+
+
+def test_a_folder_with_both_layouts_loads_what_transformers_loads(hf_checkpoint, tmp_path):
+    """model.safetensors beside a stale index and shards of other weights: transformers reads the single
+    file, and so do both twins and conversion."""
+    folder = tmp_path / "both"
+    shutil.copytree(hf_checkpoint(), folder)
+    LlamaForCausalLM.from_pretrained(hf_checkpoint(seed=1)).save_pretrained(tmp_path / "other", max_shard_size=40_000)
+    for name in os.listdir(tmp_path / "other"):
+        if name.startswith("model-") or name == "model.safetensors.index.json":
+            shutil.copy(tmp_path / "other" / name, folder / name)
+    ids = np.array([[1, 17, 42, 99, 5]])
+    with torch.no_grad():
+        expected = transformers.LlamaForCausalLM.from_pretrained(folder)(torch.from_numpy(ids)).logits.numpy()
+        np.testing.assert_allclose(LlamaForCausalLM.from_pretrained(folder)(torch.from_numpy(ids)).logits.numpy(),
+                                   expected, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(FlaxLlamaForCausalLM.from_pretrained(folder)(ids).logits), expected,
+                               rtol=0, atol=1e-4)
+    assert_same_state(hf_state(folder), hf_state(hf_checkpoint()))

@@ -24,7 +24,8 @@ from orbax.checkpoint.experimental import v1 as ocp_v1
 
 from llama_shared.checkpoints.pagecache import drop_cached_files
 from llama_shared.config import LlamaConfig
-from llama_shared.errors import CheckpointError
+from llama_shared.errors import CheckpointError, ConversionError, LlamaTwinError
+from llama_shared.files import open_regular
 from llama_shared.layout import transposed
 from llama_shared.naming import flatten_tree, flax_path, hf_key, hf_key_order, unflatten_tree
 from llama_twin.conversion.formats.base import Format, WriteOptions
@@ -135,7 +136,7 @@ def _orbax_reader(directory: str) -> tuple[dict, Any]:
 
 def _msgpack_reader(path: str) -> tuple[dict, Any]:
     """transformers' flax_model.msgpack; the format cannot be read lazily, so the file is read whole."""
-    with open(path, "rb") as f:
+    with open_regular(path, CheckpointError) as f:
         try:
             flat = flatten_tree(serialization.msgpack_restore(f.read()))
         except Exception as e:  # noqa: BLE001 - msgpack raises its own exception types
@@ -153,8 +154,13 @@ def write_flax(source: TensorSource, directory: str, options: WriteOptions) -> N
     context.array.saving.use_compression = False  # costs CPU time and saves nothing on weights
     context.memory.deepcopy_host_arrays = False  # nothing modifies a group while it is saved
     with context:
-        _save_groups(params, _groups(flax_tensors, lambda t: t[1].nbytes, GROUP_BYTES))
-        ocp_v1.partial.finalize(params)
+        try:
+            _save_groups(params, _groups(flax_tensors, lambda t: t[1].nbytes, GROUP_BYTES))
+            ocp_v1.partial.finalize(params)
+        except LlamaTwinError:
+            raise
+        except (ValueError, RuntimeError) as e:  # how Orbax and TensorStore report a failed write (a full disk)
+            raise ConversionError(f"could not write the Orbax checkpoint {params}: {e}") from None
     source.config.replace(torch_dtype=source.dtype_name).save_pretrained(directory)
     write_side_files(source, directory)
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from llama_shared.checkpoints.gguf import GGUF_MAGIC, ROPE_FREQS, GGUFCheckpoint
 from llama_shared.config import LlamaConfig
-from llama_shared.errors import CheckpointError
+from llama_shared.errors import ConversionError
 from llama_shared.naming import gguf_key, hf_rotary_rows_heads, interleaved_from_rotate_half
 from llama_shared.rope import static_inv_freq
 from llama_shared.tokenizers import AutoTokenizer
@@ -67,7 +67,7 @@ def write_gguf(source: TensorSource, path: str, options: WriteOptions) -> None:
     import gguf
 
     if options.gguf_type not in GGUF_TYPES:
-        raise CheckpointError(f"GGUF type {options.gguf_type!r} is not one this writer quantizes; expected one of "
+        raise ConversionError(f"GGUF type {options.gguf_type!r} is not one this writer quantizes; expected one of "
                               f"{GGUF_TYPES}")
     config = source.config
     rope_freqs = _rope_freqs(config)
@@ -165,7 +165,7 @@ def _rope_freqs(config: LlamaConfig) -> np.ndarray | None:
     if config.rope_type == "longrope" and scaling["short_factor"] == scaling["long_factor"] \
             and scaling.get("attention_factor", 1.0) == 1.0:
         return np.asarray(scaling["short_factor"], dtype=np.float32)
-    raise CheckpointError(f"rope_scaling rope_type {config.rope_type!r} has no GGUF (llama.cpp) form; "
+    raise ConversionError(f"rope_scaling rope_type {config.rope_type!r} has no GGUF (llama.cpp) form; "
                           "GGUF writes default, linear, yarn and llama3 RoPE")
 
 

@@ -32,9 +32,11 @@ import torch
 
 from llama_shared.checkpoints.pagecache import WriteBehind, drop_cached_file, read_tensor
 from llama_shared.config import LlamaConfig
-from llama_shared.errors import CheckpointError
+from llama_shared.errors import CheckpointError, ConfigError, ConversionError
+from llama_shared.files import open_regular, read_json
 from llama_shared.naming import (LLAMA3_MIN_VOCAB, hf_key_from_meta, interleaved_from_rotate_half, is_ignored_key,
                                  meta_key, meta_split_dim, rotary_rows_heads, rotate_half_from_interleaved)
+from llama_shared.parameters import model_tensors
 from llama_twin.conversion.formats.base import Format, WriteOptions
 from llama_twin.conversion.source import TensorSource, carried_files, write_side_files
 
@@ -69,32 +71,59 @@ def ffn_hidden_size(dim: int, multiple_of: int, ffn_dim_multiplier: float | None
 # params.json <-> LlamaConfig
 
 
+# params.json fields: (kind, whether they may be absent or null); "count" is a positive integer,
+# "real" a finite positive number, "flag" a boolean; vocab_size may be -1 (the tokenizer decides).
+PARAMS_FIELDS = {"dim": ("count", False), "n_layers": ("count", False), "n_heads": ("count", False),
+                 "n_kv_heads": ("count", True), "multiple_of": ("count", True), "ffn_dim_multiplier": ("real", True),
+                 "norm_eps": ("real", True), "rope_theta": ("real", True), "use_scaled_rope": ("flag", True),
+                 "rope_scaling_factor": ("real", True), "vocab_size": ("int", True)}
+
+
+def checked_params(params: Any, path: str) -> dict[str, Any]:
+    """params.json with the type and range of every field the converter reads checked."""
+    if not isinstance(params, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, found {type(params).__name__}")
+    for name, (kind, nullable) in PARAMS_FIELDS.items():
+        value = params.get(name)
+        if value is None and nullable:
+            continue
+        integer = isinstance(value, int) and not isinstance(value, bool)
+        good = {"count": integer and value > 0, "int": integer,
+                "real": isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                and value > 0, "flag": isinstance(value, bool)}[kind]
+        if not good:
+            wanted = {"count": "a positive integer", "int": "an integer", "real": "a finite positive number",
+                      "flag": "true or false"}[kind]
+            raise CheckpointError(f"{path}: field {name!r} must be {wanted}, got {value!r}")
+    return params
+
+
 def config_from_params(params: dict[str, Any], vocab_size: int, tied: bool, path: str) -> LlamaConfig:
     """The Hugging Face config of a Meta model, as transformers' converter derives it.
 
     The Llama generation is read from the file: Llama 3 has a 128256-token vocabulary, 3.1 and 3.2
     set use_scaled_rope (3.2 is the tied one), Llama 1 has norm_eps 1e-6 and Llama 2 1e-5.
     """
-    for name in ("dim", "n_layers", "n_heads"):
-        if not isinstance(params.get(name), int) or params[name] <= 0:
-            raise CheckpointError(f"{path}: field {name!r} must be a positive integer, got {params.get(name)!r}")
     dim, heads = params["dim"], params["n_heads"]
     llama3 = vocab_size >= LLAMA3_MIN_VOCAB
-    norm_eps = params.get("norm_eps", 1e-5)
+    norm_eps = params.get("norm_eps") or 1e-5
     rope_scaling = None
     if params.get("use_scaled_rope"):
-        factor = params.get("rope_scaling_factor", 32.0 if tied else 8.0)
+        factor = params.get("rope_scaling_factor") or (32.0 if tied else 8.0)
         rope_scaling = {"rope_type": "llama3", "factor": float(factor), **LLAMA3_ROPE}
         max_positions = 131072
     else:
         max_positions = 8192 if llama3 else 2048 if norm_eps <= 1e-6 else 4096
-    return LlamaConfig(
-        vocab_size=vocab_size, hidden_size=dim, num_hidden_layers=params["n_layers"], num_attention_heads=heads,
-        num_key_value_heads=params.get("n_kv_heads") or heads,
-        intermediate_size=ffn_hidden_size(dim, params.get("multiple_of", 256), params.get("ffn_dim_multiplier")),
-        rms_norm_eps=norm_eps, rope_theta=float(params.get("rope_theta", 10000.0)), rope_scaling=rope_scaling,
-        max_position_embeddings=max_positions, tie_word_embeddings=tied,
-        bos_token_id=128000 if llama3 else 1, eos_token_id=128001 if llama3 else 2, pad_token_id=None)
+    try:
+        return LlamaConfig(
+            vocab_size=vocab_size, hidden_size=dim, num_hidden_layers=params["n_layers"], num_attention_heads=heads,
+            num_key_value_heads=params.get("n_kv_heads") or heads,
+            intermediate_size=ffn_hidden_size(dim, params.get("multiple_of") or 256, params.get("ffn_dim_multiplier")),
+            rms_norm_eps=norm_eps, rope_theta=float(params.get("rope_theta") or 10000.0), rope_scaling=rope_scaling,
+            max_position_embeddings=max_positions, tie_word_embeddings=tied,
+            bos_token_id=128000 if llama3 else 1, eos_token_id=128001 if llama3 else 2, pad_token_id=None)
+    except ConfigError as e:
+        raise CheckpointError(f"{path} describes no valid model: {e}") from None
 
 
 def params_from_config(config: LlamaConfig) -> dict[str, Any]:
@@ -110,7 +139,7 @@ def params_from_config(config: LlamaConfig) -> dict[str, Any]:
     if c.rope_type == "llama3" and any(c.rope_scaling[k] != v for k, v in LLAMA3_ROPE.items()):
         unsupported.append(f"rope_scaling {c.rope_scaling} (Meta's llama3 scaling fixes {LLAMA3_ROPE})")
     if unsupported:
-        raise CheckpointError(f"Meta's checkpoint format cannot express this model's {', '.join(unsupported)}")
+        raise ConversionError(f"Meta's checkpoint format cannot express this model's {', '.join(unsupported)}")
     multiple_of, multiplier = meta_ffn_params(c.hidden_size, c.intermediate_size)
     params: dict[str, Any] = {"dim": c.hidden_size, "n_layers": c.num_hidden_layers, "n_heads": c.num_attention_heads}
     if c.num_key_value_heads != c.num_attention_heads:
@@ -130,7 +159,7 @@ def meta_ffn_params(dim: int, intermediate_size: int) -> tuple[int, float | None
             return multiple_of, multiplier
     multiplier = intermediate_size / int(2 * 4 * dim / 3)
     if ffn_hidden_size(dim, intermediate_size, multiplier) != intermediate_size:
-        raise CheckpointError(f"no multiple_of / ffn_dim_multiplier gives intermediate_size {intermediate_size} "
+        raise ConversionError(f"no multiple_of / ffn_dim_multiplier gives intermediate_size {intermediate_size} "
                               f"for dim {dim}")
     return intermediate_size, multiplier
 
@@ -148,11 +177,7 @@ class MetaCheckpoint:
         if not os.path.exists(params_path):
             raise CheckpointError(f"{self.directory} has no {PARAMS_FILE}; a Meta checkpoint needs it beside "
                                   f"its consolidated.NN.pth files")
-        try:
-            with open(params_path, encoding="utf-8") as f:
-                self.params: dict[str, Any] = json.load(f)
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{params_path} is not valid JSON: {e}") from None
+        self.params: dict[str, Any] = checked_params(read_json(params_path, CheckpointError), params_path)
         ranks = sorted((int(m.group(1)), name) for name in os.listdir(self.directory) if (m := SHARD_NAME.match(name)))
         if not ranks:
             raise CheckpointError(f"{self.directory} has {PARAMS_FILE} but no consolidated.NN.pth files")
@@ -197,6 +222,7 @@ class MetaCheckpoint:
     def load(self, rank: int) -> dict[str, Any]:
         """One file's state dict, memory-mapped: its pages are resident only while it is referenced."""
         path = self.paths[rank]
+        open_regular(path, CheckpointError).close()  # a FIFO or device would block or never end
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, pickle errors, EOFError...
@@ -243,15 +269,10 @@ def meta_source(path: str | os.PathLike) -> TensorSource:
 
 
 def expected_meta_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
-    """The full (merged) shape of every Meta tensor of a config."""
-    h, v, i = config.hidden_size, config.vocab_size, config.intermediate_size
-    q, kv = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
-    layer = {"attention.wq": (q, h), "attention.wk": (kv, h), "attention.wv": (kv, h), "attention.wo": (h, q),
-             "feed_forward.w1": (i, h), "feed_forward.w2": (h, i), "feed_forward.w3": (i, h),
-             "attention_norm": (h,), "ffn_norm": (h,)}
-    shapes = {"tok_embeddings.weight": (v, h), "norm.weight": (h,), "output.weight": (v, h)}
-    for n in range(config.num_hidden_layers):
-        shapes.update({f"layers.{n}.{m}.weight": s for m, s in layer.items()})
+    """The full (merged) shape of every Meta tensor of a config; output.weight is listed for tied
+    models too, which Meta stores as a copy of the embedding."""
+    shapes = {meta_key(key): spec.shape for key, spec in model_tensors(config).items()}
+    shapes["output.weight"] = (config.vocab_size, config.hidden_size)
     return shapes
 
 
@@ -368,7 +389,7 @@ def write_meta(source: TensorSource, directory: str, options: WriteOptions) -> N
     fairscale does) and tokenizer.model, filling each tensor's record in place as the source yields it."""
     num_shards = options.num_shards
     if not hasattr(torch.serialization, "skip_data"):
-        raise CheckpointError(f"writing Meta checkpoints needs torch >= 2.5 (torch.serialization.skip_data); "
+        raise ConversionError(f"writing Meta checkpoints needs torch >= 2.5 (torch.serialization.skip_data); "
                               f"this is torch {torch.__version__}")
     config = source.config
     params = params_from_config(config)
@@ -390,10 +411,10 @@ def write_meta(source: TensorSource, directory: str, options: WriteOptions) -> N
     for key, (shape, _) in specs.items():
         dim = meta_split_dim(key, vocab)
         if dim is not None and shape[dim] % num_shards:
-            raise CheckpointError(f"cannot split {key} of shape {shape} into {num_shards} model-parallel files "
+            raise ConversionError(f"cannot split {key} of shape {shape} into {num_shards} model-parallel files "
                                   f"along dimension {dim}")
     if config.num_key_value_heads % num_shards:
-        raise CheckpointError(f"num_key_value_heads {config.num_key_value_heads} is not divisible by {num_shards} "
+        raise ConversionError(f"num_key_value_heads {config.num_key_value_heads} is not divisible by {num_shards} "
                               f"model-parallel files (each file holds whole key/value heads)")
     paths = [os.path.join(directory, f"consolidated.{rank:02d}.pth") for rank in range(num_shards)]
     offsets = [_reserve_pth(path, _shard_specs(specs, rank, num_shards, vocab)) for rank, path in enumerate(paths)]
@@ -459,7 +480,10 @@ def _reserve_pth(path: str, specs: dict[str, tuple[tuple[int, ...], np.dtype]]) 
         with FakeTensorMode():
             state, fake = empty(), True
     with torch.serialization.skip_data(materialize_fake_tensors=fake):
-        torch.save(state, path)
+        try:
+            torch.save(state, path)
+        except RuntimeError as e:  # torch reports a failed write (a full disk) in C++'s words
+            raise ConversionError(f"could not write {path} (is the disk full?): {e}") from None
     return _record_offsets(path, specs)
 
 
