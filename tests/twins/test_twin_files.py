@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TWIN_MODULES = ("modeling", "cache", "generation", "loading", "quantization")
+TWIN_MODULES = ("modeling", "cache", "generation", "loading", "quantization", "lora")
 
 # Flax name -> the torch twin's name for the same thing: Linen modules are "...Module" where torch's
 # nn.Module is the public class; Flax's Dense is torch's Linear.
@@ -22,6 +22,8 @@ FLAX_SPELLING = {
     "LlamaForTokenClassificationModule": "LlamaForTokenClassification",
     "FlaxPreTrainedModel": "PreTrainedModel",
     "QuantizedDense": "QuantizedLinear",
+    "LoraDense": "LoraLinear",
+    "LoraQuantizedDense": "LoraQuantizedLinear",
 }
 
 # What only one twin has, per module, and why.
@@ -46,6 +48,10 @@ FLAX_ONLY = {
         "host_param",  # host-side cast/transpose before device_put (shared with sharded loading)
     },
     "quantization": {"Array"},
+    "lora": {
+        "Array",
+        "LoraUpdate",  # a tied lm_head's update alone: Flax's tied head is the embedding's attend, no layer
+    },
 }
 TORCH_ONLY = {
     "modeling": set(),
@@ -57,6 +63,7 @@ TORCH_ONLY = {
     },
     "loading": set(),
     "quantization": {"replace_linears"},  # swaps nn.Linear after construction (Flax picks in linear())
+    "lora": {"add_lora_layers"},  # swaps the targeted layers after construction (Flax picks in linear())
 }
 
 
