@@ -113,21 +113,22 @@ class LoraMixin:
 
     def add_adapter(self, adapter: LoraConfig, seed: int = 0) -> None:
         """Put a new adapter on the model, initialised as PEFT does (A uniform in +-1/sqrt(in), B zeros),
-        so the model computes what it computed before."""
+        so the model computes what it computed before; a seed draws the same adapter for scanned and
+        unrolled layers."""
         self._require_no_adapter()
         self._set_adapter(adapter)
-        specs = {path: spec for path, spec in self.param_shapes().items() if lora.is_adapter_path(path)}
+        specs = {path: spec for path, spec in self.param_shapes(unrolled=True).items() if lora.is_adapter_path(path)}
         keys = jax.random.split(jax.random.PRNGKey(seed), len(specs))
         fresh = {path: lora_a_init(key, spec.shape) if "lora_A" in path else jnp.zeros(spec.shape, ADAPTER_DTYPE)
                  for (path, spec), key in zip(specs.items(), keys)}
-        self.params = lora.join_params(self.params, unflatten_tree(fresh))
+        self.params = lora.join_params(self.params, unflatten_tree(stack_flat(fresh) if self.scan_layers else fresh))
 
     def load_adapter(self, directory: str | os.PathLike) -> None:
         """Put the adapter of a PEFT folder on the model; names, shapes and settings are checked
         against the model before anything is built."""
         self._require_no_adapter()
-        files = lora.read_adapter(directory)
-        adapter = files.config.resolve(self.config)
+        files = lora.read_adapter(directory, self.config)
+        adapter = files.config
         self._check_base_weights(files)
         self._set_adapter(adapter)
         try:

@@ -256,7 +256,7 @@ def model_key(key: str, source: str) -> str:
 
 @dataclass
 class AdapterFiles:
-    """An adapter folder as read: its settings, its tensors by model state-dict key, and the base
+    """An adapter folder as read: its settings (resolved), its tensors by model state-dict key, and the base
     weights PEFT saved beside them (a targeted lm_head's), by the state-dict key of that weight."""
 
     config: LoraConfig
@@ -265,10 +265,11 @@ class AdapterFiles:
     directory: str
 
 
-def read_adapter(directory: str | os.PathLike) -> AdapterFiles:
-    """Read a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors)."""
+def read_adapter(directory: str | os.PathLike, model_config: LlamaConfig) -> AdapterFiles:
+    """Read a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors) for a model of
+    model_config: the settings are resolved against the model (resolve's errors) before any tensor is read."""
     directory = os.fspath(directory)
-    config = LoraConfig.from_pretrained(directory)
+    config = LoraConfig.from_pretrained(directory).resolve(model_config)
     path = os.path.join(directory, WEIGHTS_FILE)
     if not os.path.exists(path):
         other = [n for n in ("adapter_model.bin",) if os.path.exists(os.path.join(directory, n))]

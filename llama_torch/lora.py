@@ -112,8 +112,8 @@ class LoraMixin:
         """Put the adapter of a PEFT folder on the model; names, shapes and settings are checked
         against the model before anything is built."""
         self._require_no_adapter()
-        files = lora.read_adapter(directory)
-        adapter = files.config.resolve(self.config)
+        files = lora.read_adapter(directory, self.config)
+        adapter = files.config
         self._check_base_weights(files)
         expected = {}
         for name, layer in self._targeted_linears(adapter):
