@@ -203,8 +203,9 @@ class LoraMixin:
 
 
 def add_lora_layers(model: nn.Module, adapter: LoraConfig) -> None:
-    """Swap every linear layer the (resolved) adapter targets for its Lora form, keeping its tensors."""
+    """Swap every linear layer the (resolved) adapter targets for its Lora form, keeping its tensors
+    (and the model's train or eval mode, so an eval model's adapter applies no dropout)."""
     for name, layer in list(model.named_modules()):
         if isinstance(layer, (nn.Linear, QuantizedLinear)) and adapter.targets(name.rpartition(".")[2]):
             lora_class = LoraQuantizedLinear if isinstance(layer, QuantizedLinear) else LoraLinear
-            model.set_submodule(name, lora_class(layer, adapter))
+            model.set_submodule(name, lora_class(layer, adapter).train(layer.training))

@@ -116,6 +116,16 @@ def test_peft_and_both_twins_equal_an_adapter_the_flax_trainer_saved(hf_checkpoi
     assert saved["base_model_name_or_path"] == base and saved["lora_dropout"] == 0.1
 
 
+def test_an_adapter_put_on_an_eval_model_applies_no_dropout(hf_checkpoint, tmp_path):
+    base = hf_checkpoint()
+    adapter = save_peft_adapter(base, tmp_path / "adapter", ("q_proj", "v_proj"), lora_dropout=0.5)
+    model = LlamaForCausalLM.from_pretrained(base)   # in eval mode
+    model.load_adapter(adapter)
+    assert max_difference(twin_logits(model), peft_logits(base, adapter)) <= TOL
+    model.train()
+    assert max_difference(twin_logits(model), twin_logits(model)) > 0   # dropout in train mode
+
+
 def test_a_tied_lm_head_adapter_equals_peft_and_is_not_merged(hf_checkpoint, tmp_path):
     base = hf_checkpoint(tie_word_embeddings=True)
     adapter = save_peft_adapter(base, tmp_path / "adapter", ("q_proj", "lm_head"))
