@@ -83,7 +83,8 @@ def run_stage(name: str, settings: dict) -> dict:
     memory = jax.devices()[0].memory_stats() or {}
     del state
     return {"trainable_params": trainable, "frozen_bytes": frozen_bytes, "first_loss": round(first_loss, 4),
-            "compile_s": round(compile_s, 1), "s_per_step": round(seconds, 4), "tok_per_s": round(BATCH * SEQ / seconds),
+            "compile_s": round(compile_s, 1), "s_per_step": round(seconds, 4),
+            "tok_per_s": round(BATCH * SEQ / seconds),
             "peak_mem_GiB": round(memory.get("peak_bytes_in_use", 0) / 2**30, 1)}
 
 

@@ -64,7 +64,8 @@ def test_config_json_round_trip_and_peft_fields_that_change_the_math_are_refused
     config = LoraConfig(r=4, lora_alpha=12, lora_dropout=0.05, target_modules=("q_proj", "v_proj"), use_rslora=True,
                         base_model_name_or_path="demo")
     data = config.to_dict()
-    assert data["peft_type"] == "LORA" and data["task_type"] == "CAUSAL_LM" and data["target_modules"] == ["q_proj", "v_proj"]
+    assert data["peft_type"] == "LORA" and data["task_type"] == "CAUSAL_LM"
+    assert data["target_modules"] == ["q_proj", "v_proj"]
     assert LoraConfig.from_dict(json.loads(json.dumps(data)), "x") == config
     with pytest.raises(ConfigError, match="use_dora=True is not supported"):
         LoraConfig.from_dict({**data, "use_dora": True}, "adapter_config.json")
@@ -84,7 +85,8 @@ def test_a_module_config_carries_the_resolved_adapter_and_config_json_never_does
 def test_adapter_folder_round_trip_and_checks(tmp_path):
     config = LoraConfig(r=2, target_modules=("q_proj",))
     a, b = np.arange(64, dtype=np.float32).reshape(2, 32), np.ones((32, 2), np.float32)
-    tensors = [("model.layers.0.self_attn.q_proj.lora_A.weight", a), ("model.layers.0.self_attn.q_proj.lora_B.weight", b)]
+    tensors = [("model.layers.0.self_attn.q_proj.lora_A.weight", a),
+               ("model.layers.0.self_attn.q_proj.lora_B.weight", b)]
     lora.write_adapter(tmp_path, config, tensors)
     files = lora.read_adapter(tmp_path, CONFIG)
     assert files.config == config and np.array_equal(files.tensors[tensors[0][0]], a)

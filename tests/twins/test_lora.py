@@ -174,7 +174,8 @@ def test_qlora_twins_agree_over_an_int4_base(hf_checkpoint, tmp_path):
     torch_model = LlamaForCausalLM.from_pretrained(base, quantization="int4", group_size=32, adapter=adapter)
     flax_model = FlaxLlamaForCausalLM.from_pretrained(base, quantization="int4", group_size=32, adapter=adapter)
     q_proj = flax_model.params["model"]["layers"]["0"]["self_attn"]["q_proj"]
-    assert q_proj["qweight"].dtype == np.uint8 and "kernel" not in q_proj and q_proj["lora_A"]["kernel"].shape == (64, 4)
+    assert q_proj["qweight"].dtype == np.uint8 and "kernel" not in q_proj
+    assert q_proj["lora_A"]["kernel"].shape == (64, 4)
     assert max_difference(twin_logits(torch_model), twin_logits(flax_model)) <= TOL
     float_logits = twin_logits(LlamaForCausalLM.from_pretrained(base, adapter=adapter))
     assert max_difference(twin_logits(flax_model), float_logits) > 0  # the base is quantized
