@@ -28,7 +28,7 @@ from llama_shared.checkpoints import (DEFAULT_SHARD_SIZE, INDEX_FILE, SINGLE_FIL
                                      tensor_nbytes, write_checkpoint)
 from llama_shared.checkpoints.model_files import open_model_files
 from llama_shared.config import LlamaConfig
-from llama_shared.errors import CheckpointError
+from llama_shared.errors import CheckpointError, ConfigError
 from llama_shared.files import open_regular
 from llama_shared.generation import GenerationConfig
 from llama_shared.naming import flatten_tree, hf_key, hf_key_order, unflatten_tree
@@ -59,6 +59,7 @@ class FlaxPreTrainedModel(GenerationMixin):
 
     module_class: type = None  # set by each model class
     base_prefix = ""
+    name_or_path: str | None = None  # the folder or repo id from_pretrained read
 
     def __init__(self, config: LlamaConfig, params: Any = None, dtype: Any = jnp.float32,
                  param_dtype: Any = None, seed: int = 0, scan_layers: bool = False):
@@ -126,7 +127,7 @@ class FlaxPreTrainedModel(GenerationMixin):
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, dtype: Any = None, param_dtype: Any = None,
                         config: LlamaConfig | None = None, quantization: str | QuantizationConfig | None = None,
                         group_size: int | None = None, scan_layers: bool = False, gguf_file: str | None = None,
-                        **config_overrides: Any) -> "FlaxPreTrainedModel":
+                        adapter: str | os.PathLike | None = None, **config_overrides: Any) -> "FlaxPreTrainedModel":
         """Load a Hugging Face folder (config.json + safetensors, or flax_model.msgpack) or hub repo id;
         with gguf_file, that GGUF file in the folder or repo (config from its metadata, tensors
         dequantized to float32).
@@ -135,6 +136,7 @@ class FlaxPreTrainedModel(GenerationMixin):
         quantization "int8" or "int4" (group_size 32, 64 or 128; default 128) quantizes the linear
         layers tensor by tensor as they load; a quantized checkpoint loads as it was saved.
         scan_layers=True stacks the layers' params as they load, for one nn.scan over the layers.
+        adapter: a PEFT LoRA folder to put on the causal LM (load_adapter).
         """
         if scan_layers and quantization is not None:
             raise ValueError("scan_layers=True and quantization cannot be combined: quantized models run unrolled")
@@ -157,6 +159,11 @@ class FlaxPreTrainedModel(GenerationMixin):
         else:
             model.params = model.params_from_checkpoint(checkpoint)
         model.generation_config = GenerationConfig.for_model(directory, config)
+        model.name_or_path = str(path_or_repo_id)
+        if adapter is not None:
+            if not hasattr(model, "load_adapter"):
+                raise ConfigError(f"{cls.__name__} takes no adapter: LoRA adapters go on the causal LM")
+            model.load_adapter(adapter)
         return model
 
     @classmethod
@@ -231,6 +238,9 @@ class FlaxPreTrainedModel(GenerationMixin):
     def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int = DEFAULT_SHARD_SIZE) -> None:
         """Write config.json and safetensors that transformers (and the torch twin) load unchanged
         (scanned layers are written per layer, one layer's slice at a time)."""
+        if getattr(self, "adapter_config", None) is not None:
+            raise ConfigError("the model carries a LoRA adapter: save_adapter(dir) writes the adapter, "
+                              "merge_and_unload().save_pretrained(dir) the merged model")
         os.makedirs(directory, exist_ok=True)
         flat = unrolled_leaves(self.params)
         dtype = next(np.dtype(leaf.dtype) for leaf in jax.tree_util.tree_leaves(self.params)

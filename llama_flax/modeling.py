@@ -25,9 +25,11 @@ import optax
 from llama_flax import kernels
 from llama_flax.cache import KVCache, LayerCache
 from llama_flax.loading import FlaxPreTrainedModel
+from llama_flax.lora import LoraDense, LoraMixin, LoraQuantizedDense, LoraUpdate
 from llama_flax.matmul import dense_dot_general
 from llama_flax.quantization import QuantizedDense
 from llama_flax.sharding import constrain
+from llama_shared import lora
 from llama_shared import quantization as q
 from llama_shared import rope
 from llama_shared.config import LlamaConfig
@@ -50,12 +52,18 @@ REMAT_POLICIES = {"none": None, "full": None, "dots_saveable": jax.checkpoint_po
 
 def linear(config: LlamaConfig, name: str, features: int, use_bias: bool, dtype: Any, param_dtype: Any) -> nn.Module:
     """The layer called name (torch: nn.Linear): nn.Dense with the one-row product of
-    llama_flax.matmul, or QuantizedDense when the config quantizes it."""
+    llama_flax.matmul, or QuantizedDense when the config quantizes it; their Lora* forms (llama_flax.lora)
+    when the config carries an adapter that targets it."""
     quantization = q.config_quantization(config)
+    adapter = lora.config_adapter(config)
+    adapted = {"adapter": adapter} if adapter is not None and adapter.targets(name) else {}
     if quantization is not None and quantization.quantizes(name, config):
-        return QuantizedDense(features, quantization, use_bias, dtype, param_dtype, name=name)
-    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
-                    kernel_init=nn.initializers.normal(config.initializer_range), dot_general=dense_dot_general)
+        layer = LoraQuantizedDense if adapted else QuantizedDense
+        return layer(features, quantization, use_bias, dtype, param_dtype, name=name, **adapted)
+    layer = LoraDense if adapted else nn.Dense
+    return layer(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+                 kernel_init=nn.initializers.normal(config.initializer_range), dot_general=dense_dot_general,
+                 **adapted)
 
 
 class LlamaRMSNorm(nn.Module):
@@ -253,7 +261,7 @@ class LlamaLayers(nn.Module):
         if self.remat_policy != "none":
             body = nn.remat(body, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=False)
         layers = self.config.num_hidden_layers
-        scan = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True}, length=layers,
+        scan = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True}, length=layers,
                        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast))
         (x, cache), states = scan(self.config, self.dtype, self.param_dtype, keep_hidden_states=output_hidden_states,
                                   name="scan")(
@@ -329,6 +337,8 @@ class LlamaForCausalLMModule(nn.Module):
         self.model = LlamaModule(c, self.dtype, self.param_dtype, self.remat_policy, self.scan_layers)
         if not c.tie_word_embeddings:
             self.lm_head = linear(c, "lm_head", c.vocab_size, False, self.dtype, self.param_dtype)
+        elif self._adapts_tied_head():
+            self.lm_head = LoraUpdate(c.vocab_size, lora.config_adapter(c), self.dtype)
 
     def __call__(self, input_ids: Array | None = None, attention_mask: Array | None = None,
                  position_ids: Array | None = None, past_key_values: KVCache | None = None,
@@ -339,8 +349,15 @@ class LlamaForCausalLMModule(nn.Module):
                          cache_position, output_hidden_states, segment_ids)
         kept = out.last_hidden_state[:, -logits_to_keep:] if logits_to_keep else out.last_hidden_state
         logits = self.model.attend(kept) if self.config.tie_word_embeddings else self.lm_head(kept)
+        if self._adapts_tied_head():
+            logits = logits + self.lm_head(kept)
         loss = causal_lm_loss(logits, labels, segment_ids) if labels is not None else None
         return CausalLMOutput(logits, loss, out.hidden_states, out.past_key_values)
+
+    def _adapts_tied_head(self) -> bool:
+        """An adapter targets lm_head while it is tied: the update is added to the embedding's attend."""
+        adapter = lora.config_adapter(self.config)
+        return self.config.tie_word_embeddings and adapter is not None and adapter.targets("lm_head")
 
 
 def causal_lm_loss(logits: Array, labels: Array, segment_ids: Array | None = None) -> Array:
@@ -471,7 +488,7 @@ class FlaxLlamaModel(FlaxPreTrainedModel):
     base_prefix = ""
 
 
-class FlaxLlamaForCausalLM(FlaxPreTrainedModel):
+class FlaxLlamaForCausalLM(LoraMixin, FlaxPreTrainedModel):
     module_class = LlamaForCausalLMModule
     base_prefix = "model"
 

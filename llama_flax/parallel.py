@@ -145,20 +145,22 @@ def jit_forward(model: FlaxPreTrainedModel, mesh: Mesh) -> Callable[..., jax.Arr
     return call
 
 
-def jit_train_step(step: Callable, mesh: Mesh, state_shardings: Any) -> Callable:
-    """step(state, batch) -> (state, metrics) jitted on the mesh; the state is donated and keeps its
-    shardings, the batch (a dict of batch-first arrays) is split over data and fsdp."""
+def jit_train_step(step: Callable, mesh: Mesh, state_shardings: Any, frozen_shardings: Any = None) -> Callable:
+    """step(state, batch, frozen) -> (state, metrics) jitted on the mesh; the state is donated and keeps
+    its shardings, the batch (a dict of batch-first arrays) is split over data and fsdp, the frozen
+    params (a LoRA adapter's base; {} for none) keep theirs and are never donated."""
     replicated = NamedSharding(mesh, P())
     compiled: dict[tuple, Callable] = {}
 
-    def call(state: Any, batch: Mapping[str, Any]) -> tuple[Any, dict]:
+    def call(state: Any, batch: Mapping[str, Any], frozen: Any = None) -> tuple[Any, dict]:
         key = tuple(sorted((name, np.shape(value)) for name, value in batch.items()))
         if key not in compiled:
             batch_shardings = {name: batch_sharding(mesh, shape) for name, shape in key}
-            compiled[key] = jax.jit(step, in_shardings=(state_shardings, batch_shardings),
+            compiled[key] = jax.jit(step, in_shardings=(state_shardings, batch_shardings, frozen_shardings or {}),
                                     out_shardings=(state_shardings, replicated), donate_argnums=0)
         with jax.set_mesh(mesh):
-            return compiled[key](state, {name: shard_batch(mesh, value) for name, value in batch.items()})
+            return compiled[key](state, {name: shard_batch(mesh, value) for name, value in batch.items()},
+                                 frozen or {})
 
     return call
 
@@ -190,10 +192,11 @@ def pmap_forward(model: FlaxPreTrainedModel) -> Callable[..., jax.Array]:
 
 
 def pmap_train_step(step: Callable) -> Callable:
-    """step(state, batch) -> (state, metrics) under pmap; build step with axis_name=DATA_AXIS_NAME so
-    gradients are summed over devices. The state is broadcast in and comes out identical on every
-    device (out_axes=None); each batch array is (devices, per-device batch, ...)."""
-    return jax.pmap(step, axis_name=DATA_AXIS_NAME, in_axes=(None, 0), out_axes=(None, None))
+    """step(state, batch, frozen) -> (state, metrics) under pmap; build step with axis_name=DATA_AXIS_NAME
+    so gradients are summed over devices. The state and the frozen params are broadcast in and the
+    state comes out identical on every device (out_axes=None); each batch array is (devices,
+    per-device batch, ...)."""
+    return jax.pmap(step, axis_name=DATA_AXIS_NAME, in_axes=(None, 0, None), out_axes=(None, None))
 
 
 def split_for_pmap(array: Any, devices: int) -> np.ndarray:

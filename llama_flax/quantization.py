@@ -79,6 +79,8 @@ def quantize(model: Any, quantization: str | q.QuantizationConfig = "int4", grou
     if model.module.scan_layers:
         raise ConfigError("a model with scan_layers=True cannot be quantized: quantized models run unrolled "
                           "(load it without scan_layers)")
+    if getattr(model, "adapter_config", None) is not None:
+        raise ConfigError("a model with a LoRA adapter cannot be quantized: quantize the base, then add the adapter")
     if q.config_quantization(model.config) is not None:
         raise ConfigError(f"the model is already quantized ({q.config_quantization(model.config).name})")
     config = q.with_quantization(model.config, settings)

@@ -6,7 +6,10 @@ axis, tensor parallelism splits heads, the MLP and the vocabulary, the batch is 
 and fsdp, and the stacked axis of scanned layers stays whole (each device holds its slice of every
 layer, so the scan never moves a layer between devices). A mesh axis that does not divide a
 dimension is dropped for that dimension (it stays replicated), so one rule table serves every
-model size, e.g. two kv heads on four tensor shards.
+model size, e.g. two kv heads on four tensor shards. A LoRA adapter's A [in, r] and B [r, out] take
+their base kernel's input and output axes and keep the small rank axis whole, so the update's
+products line up with the base layer's; a quantized layer's qweight [out, in] and scales take the
+axes of the kernel it replaces.
 The runners that use these rules (meshes, jit, pmap, sharded loading) are in llama_flax.parallel.
 """
 
@@ -39,6 +42,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("hidden", None),
     ("labels", None),
     ("layers", None),
+    ("lora_rank", None),
 )
 
 # Parameter path (transformers' Flax path joined with "/") -> logical axes; the first match wins.
@@ -61,12 +65,21 @@ PARAM_LOGICAL_AXES: tuple[tuple[str, tuple[str, ...]], ...] = (
 _PARAM_PATTERNS = tuple((re.compile(rf"(^|/){pattern}$"), axes) for pattern, axes in PARAM_LOGICAL_AXES)
 # Scanned layers (llama_flax.scan) stack each layer param along a leading "layers" axis.
 _STACKED = re.compile(rf"(^|/)layers/{SCAN}/")
+# Params placed by the axes of the kernel of their layer: LoRA adapters and quantized weights.
+_ADAPTER = re.compile(r"^(.*)/lora_(A|B)/kernel$")
+_QUANTIZED = re.compile(r"^(.*)/(qweight|scales|zeros)$")
 _RULES = dict(LOGICAL_AXIS_RULES)
 
 
 def param_logical_axes(path: tuple[str, ...] | str) -> tuple[str, ...]:
     """Logical axes of a parameter, by its Flax path (a stacked layer param's first axis is "layers")."""
     name = path if isinstance(path, str) else "/".join(path)
+    adapter, quantized = _ADAPTER.match(name), _QUANTIZED.match(name)
+    if adapter or quantized:
+        *lead, into, out = param_logical_axes(f"{(adapter or quantized).group(1)}/kernel")
+        if adapter:
+            return (*lead, into, "lora_rank") if adapter.group(2) == "A" else (*lead, "lora_rank", out)
+        return (*lead, out, into) if quantized.group(2) == "qweight" else (*lead, out, None)
     for pattern, axes in _PARAM_PATTERNS:
         if pattern.search(name):
             return ("layers", *axes) if _STACKED.search(name) else axes

@@ -7,6 +7,10 @@ under pmap or a mesh, every device count gives the same update). Mixed precision
 dtype (compute, e.g. bfloat16) against the params' dtype (the master copy the optimizer updates,
 float32 by default).
 
+On a model with a LoRA adapter (llama_flax.lora) only the adapter trains: the state's params and
+optimizer moments are the adapter's, and the base params travel beside the state, frozen (no
+gradient, no optimizer state, never donated; int8/int4 for QLoRA).
+
     trainer = Trainer(model, TrainConfig(learning_rate=1e-3, total_steps=200))
     state = trainer.init_state()
     state, metrics = trainer.step(state, {"input_ids": ids})       # labels default to input_ids
@@ -34,6 +38,7 @@ from llama_flax import parallel, sharding
 from llama_flax.loading import FlaxPreTrainedModel, resolve_dtype
 from llama_flax.modeling import REMAT_POLICIES, causal_lm_loss
 from llama_flax.scan import stacked_at
+from llama_shared import lora
 from llama_shared.heads import IGNORE_INDEX, packed_labels
 
 Batch = Mapping[str, Any]
@@ -56,6 +61,7 @@ class TrainConfig:
     remat_policy: str = "none"  # "none", "full" or "dots_saveable" per decoder layer
     compute_dtype: Any = "float32"  # "bfloat16" for mixed precision
     master_dtype: Any = "float32"  # params and optimizer moments; "bfloat16" keeps no float32 copy
+    seed: int = 0  # of the dropout masks (LoRA dropout)
 
     def __post_init__(self) -> None:
         if self.remat_policy not in REMAT_POLICIES:
@@ -132,38 +138,47 @@ def complete_batch(batch: Batch) -> dict[str, Any]:
 
 
 def make_train_step(module: nn.Module, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-                    accumulation_steps: int = 1, axis_name: str | None = None) -> Callable:
-    """A pure step(state, batch) -> (state, metrics) for jax.jit or jax.pmap.
+                    accumulation_steps: int = 1, axis_name: str | None = None, seed: int = 0) -> Callable:
+    """A pure step(state, batch, frozen=None) -> (state, metrics) for jax.jit or jax.pmap.
 
     batch holds input_ids and labels (batch, seq) and optionally attention_mask, or segment_ids and
     position_ids for packed rows (labels already through packed_labels, as complete_batch leaves
-    them); it is cut into accumulation_steps micro-batches run one after another. With axis_name (under pmap), loss
+    them); it is cut into accumulation_steps micro-batches run one after another. frozen holds params
+    the model needs but the step does not train (a LoRA adapter's base). Each micro-batch gets its
+    own dropout rng from seed, the step and (under pmap) the device. With axis_name (under pmap), loss
     sums, gradient sums and token counts are summed over that axis before the update.
     """
-    def micro_loss(params: Any, micro: Batch) -> tuple[jax.Array, jax.Array]:
+    def micro_loss(params: Any, frozen: Any, micro: Batch, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
         labels, count = micro["labels"], target_count(micro["labels"])
         # a micro-batch without targets would make the mean loss 0/0: score one dummy target instead,
         # which the count of 0 then removes from the sum and from the gradient
         labels = labels.at[0, -1].set(jnp.where(count > 0, labels[0, -1], 0))
-        logits = module.apply({"params": params}, micro["input_ids"], micro.get("attention_mask"),
-                              micro.get("position_ids"), segment_ids=micro.get("segment_ids")).logits
+        variables = {"params": lora.join_params(frozen, params) if frozen else params}
+        logits = module.apply(variables, micro["input_ids"], micro.get("attention_mask"), micro.get("position_ids"),
+                              segment_ids=micro.get("segment_ids"), rngs={"dropout": rng}).logits
         return causal_lm_loss(logits, labels) * count, count
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
-    def accumulate(params: Any, carry: tuple, micro: Batch) -> tuple[tuple, None]:
+    def accumulate(params: Any, frozen: Any, rng: jax.Array, carry: tuple, micro: tuple) -> tuple[tuple, None]:
         grads_sum, loss_sum, count_sum = carry
-        (loss, count), grads = grad_fn(params, micro)
+        index, micro = micro
+        (loss, count), grads = grad_fn(params, frozen, micro, jax.random.fold_in(rng, index))
         return (jax.tree.map(jnp.add, grads_sum, grads), loss_sum + loss, count_sum + count), None
 
-    def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    def step(state: TrainState, batch: Batch, frozen: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
+        frozen = frozen or {}
+        rng = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
+        if axis_name is not None:
+            rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
         if accumulation_steps == 1:
-            (loss, count), grads = grad_fn(state.params, batch)
+            (loss, count), grads = grad_fn(state.params, frozen, batch, rng)
         else:
             micro_batches = jax.tree.map(lambda x: _split_micro_batches(x, accumulation_steps), dict(batch))
             zeros = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros((), jnp.float32),
                      jnp.zeros((), jnp.int32))
-            (grads, loss, count), _ = jax.lax.scan(lambda c, m: accumulate(state.params, c, m), zeros, micro_batches)
+            (grads, loss, count), _ = jax.lax.scan(lambda c, m: accumulate(state.params, frozen, rng, c, m), zeros,
+                                                   (jnp.arange(accumulation_steps), micro_batches))
         if axis_name is not None:
             grads, loss, count = jax.lax.psum((grads, loss, count), axis_name)
         grads = jax.tree.map(lambda g: (g.astype(jnp.float32) / count).astype(g.dtype), grads)
@@ -216,27 +231,46 @@ def restore_train_state(directory: str | os.PathLike, like: TrainState) -> Train
 
 class Trainer:
     """A model's training setup: the module as trained (compute dtype, remat), the optimizer and the
-    jitted step, on one device or on a (data, fsdp, tensor) mesh from llama_flax.parallel."""
+    jitted step, on one device or on a (data, fsdp, tensor) mesh from llama_flax.parallel.
+
+    With a LoRA adapter on the model only the adapter trains; the base params are kept in
+    `frozen` (set by init_state) and model_params(state) joins the two again.
+    """
 
     def __init__(self, model: FlaxPreTrainedModel, config: TrainConfig = TrainConfig(), mesh: Any = None):
         self.model, self.config, self.mesh = model, config, mesh
         self.compute_dtype = resolve_dtype(config.compute_dtype, model.config)
         self.master_dtype = resolve_dtype(config.master_dtype, model.config)
         self.module = model.module.clone(dtype=self.compute_dtype, remat_policy=config.remat_policy)
+        self.adapter = lora.config_adapter(self.module.config)
         self.schedule = learning_rate_schedule(config)
         self.optimizer = make_optimizer(config)
-        self.step_fn = make_train_step(self.module, self.optimizer, self.schedule, config.accumulation_steps)
+        self.step_fn = make_train_step(self.module, self.optimizer, self.schedule, config.accumulation_steps,
+                                       seed=config.seed)
+        self.frozen: Any = {}
         self._step = self._pmap_step = None
 
+    def trainable(self, params: Any) -> tuple[Any, Any]:
+        """(the params that train, the frozen rest) of a full param tree: the adapter and its base, or
+        everything and nothing."""
+        return lora.split_adapter(params) if self.adapter is not None else (params, {})
+
     def init_state(self, params: Any = None) -> TrainState:
-        """A fresh state from params (the model's by default), sharded over the mesh if there is one."""
-        params = self.model.params if params is None else params
+        """A fresh state from params (the model's by default), sharded over the mesh if there is one;
+        the frozen part of params goes to self.frozen."""
+        params, frozen = self.trainable(self.model.params if params is None else params)
         if self.mesh is None:
+            self.frozen = frozen
             return init_train_state(params, self.optimizer, self.master_dtype)
+        self.frozen = parallel.shard_params(frozen, self.mesh)
         abstract = jax.eval_shape(lambda p: init_train_state(p, self.optimizer, self.master_dtype), params)
         with jax.set_mesh(self.mesh):
             return init_train_state(parallel.shard_params(params, self.mesh), self.optimizer, self.master_dtype,
                                     self.state_shardings(abstract))
+
+    def model_params(self, state: TrainState) -> Any:
+        """The model's full param tree after training: the state's params with the frozen ones."""
+        return lora.join_params(self.frozen, state.params) if self.frozen else state.params
 
     def state_shardings(self, state: TrainState) -> Any:
         """Each leaf of a train state on the mesh: params and their moments as the rule table says."""
@@ -250,19 +284,20 @@ class Trainer:
             if self.mesh is None:
                 self._step = jax.jit(self.step_fn, donate_argnums=0)
             else:
-                self._step = parallel.jit_train_step(self.step_fn, self.mesh, self.state_shardings(state))
-        return self._step(state, batch)
+                self._step = parallel.jit_train_step(self.step_fn, self.mesh, self.state_shardings(state),
+                                                     sharding.param_shardings(self.frozen, self.mesh))
+        return self._step(state, batch, self.frozen)
 
     def pmap_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         """The same step, data-parallel under jax.pmap over the local devices (each takes an equal
         slice of the batch; accumulation_steps then applies to each slice)."""
         if self._pmap_step is None:
             step = make_train_step(self.module, self.optimizer, self.schedule, self.config.accumulation_steps,
-                                   axis_name=parallel.DATA_AXIS_NAME)
+                                   axis_name=parallel.DATA_AXIS_NAME, seed=self.config.seed)
             self._pmap_step = parallel.pmap_train_step(step)
         devices = jax.local_device_count()
         return self._pmap_step(state, {name: parallel.split_for_pmap(value, devices)
-                                       for name, value in complete_batch(batch).items()})
+                                       for name, value in complete_batch(batch).items()}, self.frozen)
 
     def save(self, directory: str | os.PathLike, state: TrainState) -> None:
         save_train_state(directory, state)
@@ -311,7 +346,7 @@ def train(model: FlaxPreTrainedModel, batches: Iterable[Batch | np.ndarray], ste
     config = config or TrainConfig(total_steps=steps, warmup_steps=min(100, steps // 10))
     trainer = Trainer(model, config, mesh)
     state, losses = trainer.fit(trainer.init_state(), batches, steps, on_step)
-    model.params = state.params
+    model.params = trainer.model_params(state)
     return TrainResult(state.params, losses, state)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from llama_shared.errors import CheckpointError
 
 LINEAR_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-                            "lm_head", "score", "qa_outputs"})
+                            "lm_head", "score", "qa_outputs", "lora_A", "lora_B"})  # lora_*: LoRA adapters
 EMBEDDING_MODULES = frozenset({"embed_tokens"})
 
 # The prefix under which each model class keeps its base LlamaModel (transformers' base_model_prefix

@@ -21,6 +21,7 @@ from llama_shared.checkpoints import (DEFAULT_SHARD_SIZE, Checkpoint, requested_
                                      write_checkpoint)
 from llama_shared.checkpoints.model_files import open_model_files
 from llama_shared.config import LlamaConfig
+from llama_shared.errors import ConfigError
 from llama_shared.generation import GenerationConfig
 from llama_shared.parameters import check_tensors, checkpoint_specs
 from llama_shared.progress import QUIET_BELOW, byte_progress
@@ -39,6 +40,7 @@ class PreTrainedModel(GenerationMixin, nn.Module):
     """Weight init, tying, token checks and Hugging Face folder I/O shared by the five model classes."""
 
     base_prefix = ""
+    name_or_path: str | None = None  # the folder or repo id from_pretrained read
 
     def __init__(self, config: LlamaConfig):
         super().__init__()
@@ -100,12 +102,14 @@ class PreTrainedModel(GenerationMixin, nn.Module):
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, dtype: torch.dtype | str | None = None,
                         device: torch.device | str = "cpu", config: LlamaConfig | None = None,
                         quantization: str | QuantizationConfig | None = None, group_size: int | None = None,
-                        gguf_file: str | None = None, **config_overrides: Any) -> "PreTrainedModel":
+                        gguf_file: str | None = None, adapter: str | os.PathLike | None = None,
+                        **config_overrides: Any) -> "PreTrainedModel":
         """Load a Hugging Face folder (config.json + safetensors) or hub repo id; with gguf_file, that
         GGUF file in the folder or repo (config from its metadata, tensors dequantized to float32).
 
         quantization "int8" or "int4" (group_size 32, 64 or 128; default 128) quantizes the linear
         layers tensor by tensor as they load; a quantized checkpoint loads as it was saved.
+        adapter: a PEFT LoRA folder to put on the causal LM (load_adapter).
         """
         directory, config, gguf = open_model_files(path_or_repo_id, gguf_file, config, config_overrides)
         target = resolve_dtype(dtype, config)
@@ -122,6 +126,11 @@ class PreTrainedModel(GenerationMixin, nn.Module):
         model.tie_weights()
         model.load_checkpoint(checkpoint)
         model.generation_config = GenerationConfig.for_model(directory, config)
+        model.name_or_path = str(path_or_repo_id)
+        if adapter is not None:
+            if not hasattr(model, "load_adapter"):
+                raise ConfigError(f"{cls.__name__} takes no adapter: LoRA adapters go on the causal LM")
+            model.load_adapter(adapter)
         return model.eval()
 
     def load_checkpoint(self, checkpoint: Checkpoint, place: Callable[..., None] | None = None,
@@ -154,6 +163,9 @@ class PreTrainedModel(GenerationMixin, nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int = DEFAULT_SHARD_SIZE) -> None:
         """Write config.json and safetensors that transformers (and the Flax twin) load unchanged."""
+        if getattr(self, "adapter_config", None) is not None:
+            raise ConfigError("the model carries a LoRA adapter: save_adapter(dir) writes the adapter, "
+                              "merge_and_unload().save_pretrained(dir) the merged model")
         state = self.state_to_save()
         # A sharded model holds DTensors; importing their module costs a second, so look only when loaded.
         dtensor = sys.modules.get("torch.distributed.tensor")

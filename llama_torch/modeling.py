@@ -22,6 +22,7 @@ from llama_shared.outputs import (BaseModelOutput, CausalLMOutput, QuestionAnswe
                                   SequenceClassifierOutput, TokenClassifierOutput)
 from llama_torch.cache import KVCache
 from llama_torch.loading import PreTrainedModel
+from llama_torch.lora import LoraMixin
 
 ACTIVATIONS = {"silu": F.silu, "swish": F.silu, "gelu": F.gelu, "relu": F.relu,
                "gelu_new": partial(F.gelu, approximate="tanh"),
@@ -208,7 +209,7 @@ class LlamaModel(PreTrainedModel):
         return BaseModelOutput(x, tuple(hidden_states) if output_hidden_states else None, past_key_values)
 
 
-class LlamaForCausalLM(PreTrainedModel):
+class LlamaForCausalLM(LoraMixin, PreTrainedModel):
     """LlamaModel with the language-model head; labels give the shifted cross-entropy loss."""
 
     base_prefix = "model"

@@ -92,6 +92,8 @@ def quantize(model: nn.Module, quantization: str | q.QuantizationConfig = "int4"
     weight to the same integers; each float weight is dropped as its layer is replaced.
     """
     settings = q.QuantizationConfig.create(quantization, group_size, symmetric, modules)
+    if getattr(model, "adapter_config", None) is not None:
+        raise ConfigError("a model with a LoRA adapter cannot be quantized: quantize the base, then add the adapter")
     if q.config_quantization(model.config) is not None:
         raise ConfigError(f"the model is already quantized ({q.config_quantization(model.config).name})")
     model.config = q.with_quantization(model.config, settings)

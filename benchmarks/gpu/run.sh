@@ -26,4 +26,5 @@ if [ -d .anchors ]; then
   stage "anchor transformers torch" 120 env DEADLINE_S=400 $PY .anchors/gpu_anchor_hf_torch.py
 fi
 stage "train step, Llama-3.2-1B shape" 100 env ONLY=bf16 $PY -m benchmarks.gpu.train_gpu
+stage "LoRA / QLoRA step against full, Llama-3.2-1B shape" 240 $PY -m benchmarks.gpu.lora_gpu
 ls -l "$OUT"

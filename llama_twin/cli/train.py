@@ -4,7 +4,9 @@ The text is tokenized once with the model folder's tokenizer (or --tokenizer) an
 windows of --seq-len tokens; with --packed its documents (separated by blank lines, or the lines of
 a .jsonl file) are packed several to a row instead, each with EOS, never attending to each other.
 On several devices the run is sharded over a (data, fsdp, tensor) mesh; on several hosts, start
-every host with the same command and --distributed.
+every host with the same command and --distributed. With --lora only a LoRA adapter on the named
+layers trains (over an int8/int4 base with --quantization: QLoRA) and --output receives the adapter
+as a PEFT folder, or with --merge the merged model as a Hugging Face folder.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import tempfile
 
 import jax
 from jax.experimental import multihost_utils
@@ -20,6 +23,8 @@ from tqdm import tqdm
 from llama_flax import FlaxLlamaForCausalLM, parallel
 from llama_flax.training import TrainConfig, Trainer, token_batches
 from llama_shared.checkpoints import resolve_model_dir
+from llama_shared.errors import ConfigError
+from llama_shared.lora import LoraConfig
 from llama_shared.tokenizers import TOKENIZER_FILES, AutoTokenizer
 from llama_twin.distributed import parse_mesh
 
@@ -62,6 +67,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="join a multi-host job (jax.distributed, from JAX_COORDINATOR_ADDRESS, "
                              "JAX_NUM_PROCESSES, JAX_PROCESS_ID or the cluster's own environment)")
     parser.add_argument("--log-every", type=int, default=10, help="print a log line every N steps (default: 10)")
+    lora = parser.add_argument_group("LoRA (only an adapter trains; the base stays frozen)")
+    lora.add_argument("--lora", metavar="MODULES",
+                      help="train a LoRA adapter on these linear layers, comma-separated (q_proj,k_proj,v_proj,"
+                           "o_proj,gate_proj,up_proj,down_proj,lm_head) or all-linear; --output gets a PEFT folder")
+    lora.add_argument("--lora-rank", type=int, default=8, help="adapter rank r (default: 8)")
+    lora.add_argument("--lora-alpha", type=float, default=16.0, help="lora_alpha; the update is scaled by "
+                      "alpha / r (default: 16)")
+    lora.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapter's input (default: 0)")
+    lora.add_argument("--rslora", action="store_true", help="scale by alpha / sqrt(r) (rank-stabilised LoRA)")
+    lora.add_argument("--quantization", choices=("int8", "int4"),
+                      help="quantize the frozen base as it loads (QLoRA; the layers run unrolled)")
+    lora.add_argument("--group-size", type=int, help="int4 group size: 32, 64 or 128 (default: 128)")
+    lora.add_argument("--merge", action="store_true",
+                      help="write the base with the adapter merged into it (a Hugging Face folder) instead of "
+                           "the adapter; over a quantized base the float base is read again and merged")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"--output {args.output} exists and is not empty; choose a new folder")
     if args.save_state and os.path.exists(args.save_state):
         raise SystemExit(f"--save-state {args.save_state} already exists; choose a new folder")
+    adapter = lora_config(args)
     model_dir = str(resolve_model_dir(args.model))
     tokenizer_dir = args.tokenizer or model_dir
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -78,7 +99,16 @@ def run(args: argparse.Namespace) -> int:
         tokens = tokenizer.encode(f.read())
 
     mesh = parallel.make_mesh(*parse_mesh(args.mesh))
-    model = parallel.from_pretrained_sharded(FlaxLlamaForCausalLM, model_dir, mesh, scan_layers=args.scan_layers)
+    if args.quantization:
+        model = FlaxLlamaForCausalLM.from_pretrained(model_dir, quantization=args.quantization,
+                                                     group_size=args.group_size)
+    else:
+        model = parallel.from_pretrained_sharded(FlaxLlamaForCausalLM, model_dir, mesh, scan_layers=args.scan_layers)
+    if adapter is not None:
+        try:
+            model.add_adapter(adapter, seed=args.seed)
+        except ConfigError as e:
+            raise SystemExit(f"--lora: {e}") from None
     if max(tokens, default=0) >= model.config.vocab_size:
         raise SystemExit(f"the tokenizer in {tokenizer_dir} yields token id {max(tokens)}, outside the model's "
                          f"vocabulary of {model.config.vocab_size}")
@@ -86,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
                          warmup_steps=args.warmup_steps if args.warmup_steps is not None else args.steps // 10,
                          weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
                          accumulation_steps=args.accumulation_steps, remat_policy=args.remat,
-                         compute_dtype=args.dtype, master_dtype=args.master_dtype)
+                         compute_dtype=args.dtype, master_dtype=args.master_dtype, seed=args.seed)
     trainer = Trainer(model, config, mesh)
     state = trainer.restore(args.resume) if args.resume else trainer.init_state()
     steps = args.steps - int(state.step)
@@ -119,9 +149,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.save_state:
         trainer.save(args.save_state, state)
-    model.params = multihost_utils.process_allgather(state.params, tiled=True)
+    model.params = multihost_utils.process_allgather(trainer.model_params(state), tiled=True)
     if main_process:
-        model.save_pretrained(args.output)
+        save_result(model, args, model_dir)
         for name in TOKENIZER_FILES:
             source = os.path.join(tokenizer_dir, name)
             if os.path.isfile(source):
@@ -129,3 +159,35 @@ def run(args: argparse.Namespace) -> int:
                 shutil.copyfile(source, os.path.join(args.output, name))
         print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; wrote {args.output}")
     return 0
+
+
+def lora_config(args: argparse.Namespace) -> LoraConfig | None:
+    """The adapter the options describe (None without --lora); bad settings end the run before loading."""
+    if args.lora is None:
+        for option, given in (("--quantization", args.quantization), ("--merge", args.merge)):
+            if given:
+                raise SystemExit(f"{option} applies to LoRA training: add --lora MODULES")
+        return None
+    if args.quantization and args.scan_layers:
+        raise SystemExit("--quantization and --scan-layers cannot be combined: quantized models run unrolled")
+    targets = args.lora if args.lora == "all-linear" else tuple(t.strip() for t in args.lora.split(",") if t.strip())
+    try:
+        return LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                          target_modules=targets, use_rslora=args.rslora, base_model_name_or_path=args.model)
+    except ConfigError as e:
+        raise SystemExit(f"--lora: {e}") from None
+
+
+def save_result(model: FlaxLlamaForCausalLM, args: argparse.Namespace, model_dir: str) -> None:
+    """Write the trained model, the adapter (--lora) or the merged model (--lora --merge) into --output."""
+    if model.adapter_config is None:
+        model.save_pretrained(args.output)
+    elif not args.merge:
+        model.save_adapter(args.output)
+    elif not args.quantization:
+        model.merge_and_unload().save_pretrained(args.output)
+    else:
+        with tempfile.TemporaryDirectory() as adapter_dir:
+            model.save_adapter(os.path.join(adapter_dir, "adapter"))
+            float_model = FlaxLlamaForCausalLM.from_pretrained(model_dir, adapter=os.path.join(adapter_dir, "adapter"))
+        float_model.merge_and_unload().save_pretrained(args.output)

@@ -5,7 +5,8 @@ them, and imports batch() and train_config() to compute the one-process referenc
     python tests/flax/parallel_checks.py meshes CHECKPOINT_DIR
         On 8 simulated CPU devices: logits, greedy generation and one train step (loss, updated params)
         on meshes (8,1,1), (1,8,1), (1,2,4), (2,2,2) and under pmap, each against one device; the
-        same three with scanned layers (scan_layers=True) on (2,2,2) against the unrolled model on one.
+        same three with scanned layers (scan_layers=True) on (2,2,2) against the unrolled model on one;
+        a LoRA step (unrolled, scanned, over an int8 base) on (2,2,2) and under pmap against one device.
     python tests/flax/parallel_checks.py multihost CHECKPOINT_DIR PROCESS_ID PORT OUT_FILE
         One of two processes (2 CPU devices each) joined by jax.distributed: sharded loading and one
         sharded train step; writes the loss and the updated params (gathered) to OUT_FILE (.npz).
@@ -151,7 +152,50 @@ def check_meshes(checkpoint: str) -> int:
     param_diff = max_difference(jax.device_get(pmap_state.params), params)
     report(results, "pmap train step", loss_diff <= TOLERANCE and param_diff <= TOLERANCE,
            loss_diff=loss_diff, param_max_abs_diff=param_diff)
+    check_lora(checkpoint, data, results)
     return 0 if all(r["ok"] for r in results) else 1
+
+
+def check_lora(checkpoint: str, data: dict, results: list[dict]) -> None:
+    """A LoRA step (only the adapter trains) on the (2, 2, 2) mesh, unrolled, scanned and over an int8
+    base (QLoRA), and under pmap, each against one device; the adapter's A takes its base kernel's
+    input sharding."""
+    import jax
+
+    from llama_flax import parallel
+    from llama_flax.modeling import FlaxLlamaForCausalLM
+    from llama_flax.scan import unstack_layers
+    from llama_flax.training import Trainer
+    from llama_shared.lora import LoraConfig
+
+    adapter = LoraConfig(r=4, lora_alpha=8, target_modules=("q_proj", "v_proj", "down_proj", "lm_head"))
+    mesh = parallel.make_mesh(2, 2, 2)
+    for name, quantization, scan_layers in (("lora", None, False), ("scanned lora", None, True),
+                                            ("qlora int8", "int8", False)):
+        reference = FlaxLlamaForCausalLM.from_pretrained(checkpoint, quantization=quantization)
+        reference.add_adapter(adapter)
+        trainer = Trainer(reference, train_config())
+        state, metrics = trainer.step(trainer.init_state(), data)
+        if quantization is None:
+            model = parallel.from_pretrained_sharded(FlaxLlamaForCausalLM, checkpoint, mesh, scan_layers=scan_layers)
+        else:
+            model = FlaxLlamaForCausalLM.from_pretrained(checkpoint, quantization=quantization)
+        model.add_adapter(adapter)
+        sharded_trainer = Trainer(model, train_config(), mesh)
+        sharded_state, sharded_metrics = sharded_trainer.step(sharded_trainer.init_state(), data)
+        params = jax.device_get(sharded_state.params)
+        loss_diff = abs(float(sharded_metrics["loss"]) - float(metrics["loss"]))
+        param_diff = max_difference(unstack_layers(params) if scan_layers else params, jax.device_get(state.params))
+        layer = sharded_state.params["model"]["layers"]["scan" if scan_layers else "0"]["self_attn"]["q_proj"]
+        spec = tuple(layer["lora_A"]["kernel"].sharding.spec)[-2:]
+        report(results, f"{name} train step (2, 2, 2)", loss_diff <= TOLERANCE and param_diff <= TOLERANCE
+               and spec == ("fsdp", None), loss_diff=loss_diff, param_max_abs_diff=param_diff, lora_a_spec=str(spec))
+        if name == "lora":
+            pmap_state, pmap_metrics = trainer.pmap_step(trainer.init_state(), data)
+            loss_diff = abs(float(pmap_metrics["loss"]) - float(metrics["loss"]))
+            param_diff = max_difference(jax.device_get(pmap_state.params), jax.device_get(state.params))
+            report(results, "lora pmap train step", loss_diff <= TOLERANCE and param_diff <= TOLERANCE,
+                   loss_diff=loss_diff, param_max_abs_diff=param_diff)
 
 
 def check_multihost(checkpoint: str, process_id: int, port: int, out_file: str) -> int:

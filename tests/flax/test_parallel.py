@@ -50,6 +50,17 @@ def test_rule_table_shards_fsdp_on_embed_and_tensor_on_heads_mlp_vocab():
     assert sharding.fit_spec(("batch", "length"), (8, 16), sizes) == P(("data", "fsdp"), None)
 
 
+def test_adapters_and_quantized_weights_take_their_base_kernels_axes():
+    sizes = {"data": 2, "fsdp": 4, "tensor": 2}
+    spec = lambda path, shape: sharding.fit_spec(sharding.param_logical_axes(path), shape, sizes)  # noqa: E731
+    assert spec("model/layers/0/self_attn/q_proj/lora_A/kernel", (64, 8)) == P("fsdp", None)
+    assert spec("model/layers/0/self_attn/q_proj/lora_B/kernel", (8, 64)) == P(None, "tensor")
+    assert spec("model/layers/scan/mlp/down_proj/lora_A/kernel", (2, 96, 8)) == P(None, "tensor", None)
+    assert spec("lm_head/lora_B/kernel", (8, 128)) == P(None, "tensor")
+    assert spec("model/layers/0/self_attn/o_proj/qweight", (64, 32)) == P("fsdp", "tensor")   # [out, in]
+    assert spec("model/layers/0/self_attn/o_proj/scales", (64, 2)) == P("fsdp", None)
+
+
 def test_mesh_axes_that_do_not_divide_a_dimension_are_dropped():
     sizes = {"data": 2, "fsdp": 4, "tensor": 4}
     # two kv heads of 16 = 32 columns split 4 ways; three kv heads of 10 do not split

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TWIN_MODULES = ("modeling", "cache", "generation", "loading", "quantization", "parallel")
+TWIN_MODULES = ("modeling", "cache", "generation", "loading", "quantization", "lora", "parallel")
 # Modules both twins have that are not compared name by name, and why.
 UNPAIRED = {
     # The rules are stated in each framework's own terms: Flax names the logical axes of every
@@ -31,6 +31,8 @@ FLAX_SPELLING = {
     "FlaxPreTrainedModel": "PreTrainedModel",
     "QuantizedDense": "QuantizedLinear",
     "shard_params": "shard_model",  # Flax places a param tree; torch shards the model object in place
+    "LoraDense": "LoraLinear",
+    "LoraQuantizedDense": "LoraQuantizedLinear",
 }
 
 # What only one twin has, per module, and why.
@@ -59,6 +61,10 @@ FLAX_ONLY = {
         "DATA_AXIS_NAME", "pmap_forward", "pmap_train_step", "split_for_pmap",  # pmap: JAX's data parallelism
         "jit_forward", "jit_train_step",  # jit compiles for the mesh; a sharded torch model is called directly
     },
+    "lora": {
+        "Array",
+        "LoraUpdate",  # a tied lm_head's update alone: Flax's tied head is the embedding's attend, no layer
+    },
 }
 TORCH_ONLY = {
     "modeling": set(),
@@ -82,6 +88,7 @@ TORCH_ONLY = {
         "agreed", "check_same_settings",
         "spawn", "distributed",  # ... and N processes are started here (jax simulates devices in one process)
     },
+    "lora": {"add_lora_layers"},  # swaps the targeted layers after construction (Flax picks in linear())
 }
 
 
