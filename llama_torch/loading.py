@@ -144,7 +144,7 @@ class PreTrainedModel(GenerationMixin, nn.Module):
         the progress bar on rank 0 only).
         """
         place = place or _read_whole
-        key_map = check_tensors(checkpoint_specs(checkpoint), self.config, type(self).__name__, checkpoint.directory)
+        key_map = check_tensors(checkpoint_specs(checkpoint), self.config, self.architecture, checkpoint.directory)
         params = self.state_dict(keep_vars=True)
         fresh_heads = [name for name, source in key_map.items() if source is None]
         sizes = ((name, tensor_nbytes(checkpoint, source)) for name, source in key_map.items() if source is not None)

@@ -135,6 +135,7 @@ def test_a_sharded_model_keeps_its_architecture_and_refuses_a_plain_save(one_pro
 
     import torch
 
+    from llama_shared.checkpoints import Checkpoint
     from llama_torch import LlamaForCausalLM, parallel
     from llama_torch.sharding import apply_fsdp, apply_tensor_parallel
 
@@ -145,6 +146,7 @@ def test_a_sharded_model_keeps_its_architecture_and_refuses_a_plain_save(one_pro
     apply_fsdp(model, mesh["fsdp"])
     assert type(model).__name__ == "FSDPLlamaForCausalLM" and model.architecture == "LlamaForCausalLM"
     assert model.can_generate()
+    assert model.load_checkpoint(Checkpoint(folder), parallel.place_block) == []  # checked as LlamaForCausalLM
     with pytest.raises(ValueError, match="save it with llama_torch.parallel.save_pretrained_sharded"):
         model.save_pretrained(tmp_path / "plain")
     parallel.save_pretrained_sharded(model, tmp_path / "gathered")
@@ -152,7 +154,6 @@ def test_a_sharded_model_keeps_its_architecture_and_refuses_a_plain_save(one_pro
     reloaded = LlamaForCausalLM.from_pretrained(tmp_path / "gathered")
     for name, value in LlamaForCausalLM.from_pretrained(folder).state_dict().items():
         assert torch.equal(reloaded.state_dict()[name], value), name
-
 
 
 @pytest.fixture(scope="module")
