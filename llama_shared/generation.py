@@ -70,6 +70,8 @@ class GenerationConfig:
         repetition_penalty, max_length, min_length or do_sample means the default (as in transformers)."""
         known = {f.name for f in fields(cls)} - {"extra"}
         values = {k: v for k, v in values.items() if not (v is None and k in _NULL_MEANS_DEFAULT)}
+        if "pad_token_id" in values:
+            values["pad_token_id"] = _pad_or_none(values["pad_token_id"])
         if isinstance(values.get("eos_token_id"), list) and len(values["eos_token_id"]) == 1:
             values["eos_token_id"] = values["eos_token_id"][0]
         try:
@@ -82,7 +84,7 @@ class GenerationConfig:
     def from_model_config(cls, config: LlamaConfig) -> "GenerationConfig":
         """transformers' fallback when a checkpoint has no generation_config.json: the config's token ids."""
         return cls(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
-                   pad_token_id=config.pad_token_id)
+                   pad_token_id=_pad_or_none(config.pad_token_id))
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "GenerationConfig":
@@ -165,6 +167,13 @@ class GenerationConfig:
         }
         return tuple(name for name in PROCESSOR_ORDER
                      if on[name] and (self.do_sample or name not in SAMPLING_ONLY))
+
+
+def _pad_or_none(pad_token_id: Any) -> Any:
+    """None for a negative pad id: Meta's tokenizers say "no pad token" with pad_id -1, and Llama 1
+    folders converted from them carry it in config.json (finished rows are then padded with eos)."""
+    negative = isinstance(pad_token_id, int) and not isinstance(pad_token_id, bool) and pad_token_id < 0
+    return None if negative else pad_token_id
 
 
 def _check_int(name: str, value: Any, minimum: int, optional: bool = False) -> None:
