@@ -13,11 +13,10 @@ from llama_shared.naming import flatten_tree, unflatten_tree
 
 
 @pytest.fixture(scope="module")
-def msgpack_folder(hf_checkpoint, tmp_path_factory):
-    import transformers
-
+def msgpack_folder(hf_checkpoint, tmp_path_factory, transformers_4):
+    """The checkpoint as transformers 4.57.6's FlaxLlamaForCausalLM saves it (the last with Flax)."""
     folder = tmp_path_factory.mktemp("msgpack")
-    transformers.FlaxLlamaForCausalLM.from_pretrained(hf_checkpoint(), from_pt=True).save_pretrained(folder)
+    transformers_4("save_flax", folder=str(hf_checkpoint()), destination=str(folder))
     return folder
 
 
