@@ -128,15 +128,20 @@ _META_LAYER_RE = re.compile(r"^layers\.(\d+)\.(.+)\.(weight|bias)$")
 
 def meta_key(key: str) -> str:
     """Meta's name for a Hugging Face LlamaForCausalLM key."""
+    return _renamed(key, "layers", _META_LAYER_NAMES, _META_TOP_NAMES, "Meta's checkpoint layout")
+
+
+def _renamed(key: str, layers: str, layer_names: dict[str, str], top_names: dict[str, str], layout: str) -> str:
+    """A Hugging Face key in another layout: layers.N / blk.N plus the layer's module name there."""
     match = _HF_LAYER_RE.match(key)
     if match:
         layer, module, leaf = match.groups()
-        if module in _META_LAYER_NAMES:
-            return f"layers.{layer}.{_META_LAYER_NAMES[module]}.{leaf}"
+        if module in layer_names:
+            return f"{layers}.{layer}.{layer_names[module]}.{leaf}"
     module, _, leaf = key.rpartition(".")
-    if module in _META_TOP_NAMES:
-        return f"{_META_TOP_NAMES[module]}.{leaf}"
-    raise CheckpointError(f"tensor {key!r} has no counterpart in Meta's checkpoint layout")
+    if module in top_names:
+        return f"{top_names[module]}.{leaf}"
+    raise CheckpointError(f"tensor {key!r} has no counterpart in {layout}")
 
 
 def hf_key_from_meta(key: str) -> str:
@@ -226,15 +231,7 @@ _GGUF_TOP_NAMES = {"model.embed_tokens": "token_embd", "model.norm": "output_nor
 
 def gguf_key(key: str) -> str:
     """llama.cpp's GGUF name for a Hugging Face LlamaForCausalLM key."""
-    match = _HF_LAYER_RE.match(key)
-    if match:
-        layer, module, leaf = match.groups()
-        if module in _GGUF_LAYER_NAMES:
-            return f"blk.{layer}.{_GGUF_LAYER_NAMES[module]}.{leaf}"
-    module, _, leaf = key.rpartition(".")
-    if module in _GGUF_TOP_NAMES:
-        return f"{_GGUF_TOP_NAMES[module]}.{leaf}"
-    raise CheckpointError(f"tensor {key!r} has no counterpart in llama.cpp's GGUF layout")
+    return _renamed(key, "blk", _GGUF_LAYER_NAMES, _GGUF_TOP_NAMES, "llama.cpp's GGUF layout")
 
 
 def hf_rotary_rows_heads(key: str, num_heads: int, num_kv_heads: int) -> int | None:

@@ -53,7 +53,39 @@ def convert_spm_to_tokenizers(vocab_file: str | Path, legacy: bool = True, add_p
     return tokenizer
 
 
-class LlamaTokenizerFast(TokenizerBase):
+class TokenizersBackedBase(TokenizerBase):
+    """What every tokenizer on a tokenizers.Tokenizer (self._tokenizer) reads from it alike:
+    vocabulary, id lookups and plain encoding; subclasses build the Tokenizer and its post-processor."""
+
+    def _special_flags_changed(self) -> None:
+        self.update_post_processor()
+
+    @property
+    def backend_tokenizer(self):
+        """The underlying tokenizers.Tokenizer."""
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tokenizer.get_vocab_size(with_added_tokens=False)
+
+    def __len__(self) -> int:
+        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def get_vocab(self) -> dict[str, int]:
+        return self._tokenizer.get_vocab(with_added_tokens=True)
+
+    def _token_to_id(self, token: str) -> int | None:
+        return self._tokenizer.token_to_id(token)
+
+    def _id_to_token(self, index: int) -> str:
+        return self._tokenizer.id_to_token(index)
+
+    def _encode_plain(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+
+
+class LlamaTokenizerFast(TokenizersBackedBase):
     """Llama tokenizer on the Rust `tokenizers` library, id for id with transformers' LlamaTokenizerFast.
 
     Built from `tokenizer_file` (tokenizer.json) when given, else converted from `vocab_file`.
@@ -110,33 +142,6 @@ class LlamaTokenizerFast(TokenizerBase):
         self._tokenizer.post_processor = processors.TemplateProcessing(
             single=single, pair=pair, special_tokens=special_tokens)
 
-    def _special_flags_changed(self) -> None:
-        self.update_post_processor()
-
-    @property
-    def backend_tokenizer(self):
-        """The underlying tokenizers.Tokenizer."""
-        return self._tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        return self._tokenizer.get_vocab_size(with_added_tokens=False)
-
-    def __len__(self) -> int:
-        return self._tokenizer.get_vocab_size(with_added_tokens=True)
-
-    def get_vocab(self) -> dict[str, int]:
-        return self._tokenizer.get_vocab(with_added_tokens=True)
-
-    def _token_to_id(self, token: str) -> int | None:
-        return self._tokenizer.token_to_id(token)
-
-    def _id_to_token(self, index: int) -> str:
-        return self._tokenizer.id_to_token(index)
-
-    def _encode_plain(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
-
     def _encode_rows(self, texts, pairs, add_special_tokens, truncation, max_length):
         if pairs is None and self._truncation_limit(truncation, max_length) is None:
             # The post-processor already holds bos/eos: one Rust call does the whole batch.
@@ -182,7 +187,7 @@ def _load_tokenizer_json(path: str | Path):
         raise TokenizerError(f"tokenizer.json at {path} is not a valid tokenizers file: {exc}") from None
 
 
-class PreTrainedTokenizerFast(TokenizerBase):
+class PreTrainedTokenizerFast(TokenizersBackedBase):
     """Any tokenizers.Tokenizer run as transformers 5's TokenizersBackend (PreTrainedTokenizerFast) runs it.
 
     The tokenizer's own post-processor places bos/eos unless add_bos_token or add_eos_token is
@@ -239,33 +244,6 @@ class PreTrainedTokenizerFast(TokenizerBase):
         special_tokens += [(eos, self.eos_token_id)] if self.add_eos_token else []
         self._tokenizer.post_processor = processors.TemplateProcessing(single=single, pair=pair,
                                                                       special_tokens=special_tokens)
-
-    def _special_flags_changed(self) -> None:
-        self.update_post_processor()
-
-    @property
-    def backend_tokenizer(self):
-        """The underlying tokenizers.Tokenizer."""
-        return self._tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        return self._tokenizer.get_vocab_size(with_added_tokens=False)
-
-    def __len__(self) -> int:
-        return self._tokenizer.get_vocab_size(with_added_tokens=True)
-
-    def get_vocab(self) -> dict[str, int]:
-        return self._tokenizer.get_vocab(with_added_tokens=True)
-
-    def _token_to_id(self, token: str) -> int | None:
-        return self._tokenizer.token_to_id(token)
-
-    def _id_to_token(self, index: int) -> str:
-        return self._tokenizer.id_to_token(index)
-
-    def _encode_plain(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
 
     def _encode_rows(self, texts, pairs, add_special_tokens, truncation, max_length):
         for value in texts + (pairs or []):
