@@ -29,7 +29,7 @@ _CLASS_DEFAULTS = {LLAMA: ({"unk_token": "<unk>", "bos_token": "<s>", "eos_token
                                  "eos_token": "<|endoftext|>"}, "right"),
                    AS_WRITTEN: ({}, "right")}
 _SHARED_KEYS = ("add_bos_token", "add_eos_token", "clean_up_tokenization_spaces", "chat_template",
-                "model_max_length", "padding_side")
+                "model_max_length", "padding_side", "truncation_side")
 _SPM_KEYS = ("legacy", "add_prefix_space")
 
 
@@ -172,9 +172,7 @@ def _from_tokenizer_json(directory: Path, config: dict[str, Any], overrides: dic
     defaults, padding_side = _CLASS_DEFAULTS[kind]
     kwargs: dict[str, Any] = {**defaults, "padding_side": padding_side}
     kwargs.update({role: config[role] for role in ("bos_token", "eos_token", "unk_token", "pad_token") if role in config})
-    kwargs.update({key: config[key] for key in ("add_bos_token", "add_eos_token", "chat_template", "padding_side",
-                                                "model_max_length", "clean_up_tokenization_spaces")
-                   if config.get(key) is not None})
+    kwargs.update({key: config[key] for key in _SHARED_KEYS if config.get(key) is not None})
     decoder = config.get("added_tokens_decoder") or {}
     kwargs["added_tokens"] = [decoder[i] for i in sorted(decoder, key=int)]
     return PreTrainedTokenizerFast(backend, **{**kwargs, **overrides})

@@ -1,10 +1,13 @@
 """What every llama-twin tokenizer shares: special tokens, `__call__` with padding/truncation/tensor
-output, special-token layout helpers, decode helpers and chat templates. Subclasses supply only
-`_encode_plain`, `_token_to_id`, `_id_to_token` and `decode`."""
+output, special-token layout helpers, decode helpers, chat templates and save_pretrained. Subclasses
+supply `_encode_plain`, `_token_to_id`, `_id_to_token`, `decode`, `save_vocabulary` and what their
+tokenizer_config.json holds beyond the shared settings."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -14,6 +17,8 @@ from llama_shared.tokenizers.tensors import RETURN_TENSORS, as_return_tensors
 
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
 VERY_LARGE_INTEGER = int(1e30)  # transformers' model_max_length when none is configured
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
 
 class BatchEncoding(dict):
@@ -67,7 +72,8 @@ class TokenizerBase:
 
     def _init_common(self, *, special_tokens: dict[str, str | None], add_bos_token: bool, add_eos_token: bool,
                      clean_up_tokenization_spaces: bool, chat_template: str | None,
-                     model_max_length: int | None, padding_side: str | None) -> None:
+                     model_max_length: int | None, padding_side: str | None,
+                     truncation_side: str | None = None) -> None:
         self._special_tokens = {name: special_tokens.get(name) for name in SPECIAL_TOKEN_NAMES}
         self._add_bos_token = add_bos_token
         self._add_eos_token = add_eos_token
@@ -78,6 +84,10 @@ class TokenizerBase:
             if padding_side not in ("left", "right"):
                 raise TokenizerError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
             self.padding_side = padding_side
+        if truncation_side is not None:
+            if truncation_side not in ("left", "right"):
+                raise TokenizerError(f"truncation_side must be 'left' or 'right', got {truncation_side!r}")
+            self.truncation_side = truncation_side
 
     # ---- subclass hooks ---------------------------------------------------------------------
     def _encode_plain(self, texts: list[str]) -> list[list[int]]:
@@ -346,3 +356,111 @@ class TokenizerBase:
 
     def __len__(self) -> int:
         raise NotImplementedError
+
+    # ---- saving -------------------------------------------------------------------------------
+    # tokenizer_config.json's tokenizer_class. transformers 5 takes the saved tokenizer.json (or
+    # converts the tiktoken tokenizer.model) as written for this class; for "LlamaTokenizer" it would
+    # rebuild the BPE from vocabulary and merges, which splits runs of spaces unlike sentencepiece.
+    tokenizer_class_name = "TokenizersBackend"
+    vocabulary_files: tuple[str, ...] = ()  # the file names save_vocabulary writes
+
+    def save_vocabulary(self, save_directory: str | Path, filename_prefix: str | None = None) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def _class_settings(self) -> dict[str, Any]:
+        """tokenizer_config.json entries only this class has (legacy, add_prefix_space...)."""
+        return {}
+
+    def _added_tokens_decoder(self) -> dict[int, dict[str, Any]]:
+        """{id: AddedToken fields} of the tokens added on top of the model's vocabulary, as
+        tokenizer_config.json's added_tokens_decoder writes them."""
+        return {}
+
+    def tokenizer_config(self) -> dict[str, Any]:
+        """The tokenizer_config.json save_pretrained writes: every setting that changes what the
+        tokenizer does, so that this package and transformers 5 load the same tokenizer back."""
+        config: dict[str, Any] = {
+            "tokenizer_class": self.tokenizer_class_name, **self._special_tokens,
+            "add_bos_token": self.add_bos_token, "add_eos_token": self.add_eos_token,
+            "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
+            "model_max_length": self.model_max_length, "padding_side": self.padding_side,
+            "truncation_side": self.truncation_side, **self._class_settings(),
+        }
+        decoder = self._added_tokens_decoder()
+        if decoder:
+            config["added_tokens_decoder"] = {str(index): decoder[index] for index in sorted(decoder)}
+        return config
+
+    def save_pretrained(self, save_directory: str | Path, filename_prefix: str | None = None) -> tuple[str, ...]:
+        """Write the tokenizer into `save_directory` (created if missing) as transformers 5 does:
+        tokenizer_config.json, chat_template.jinja and the vocabulary files; other files in the
+        folder (a model's) are left alone. Returns the paths written.
+
+        The chat template written is the one apply_chat_template uses, the built-in Llama format
+        included, so transformers renders conversations as this tokenizer does."""
+        directory = Path(save_directory)
+        if directory.exists() and not directory.is_dir():
+            raise TokenizerError(f"save_pretrained: {directory} exists and is not a directory")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TokenizerError(f"save_pretrained: cannot create the folder {directory}: {exc}") from None
+        prefix = filename_prefix + "-" if filename_prefix else ""
+        stale = directory / f"{prefix}tokenizer.json"
+        if "tokenizer.json" not in self.vocabulary_files and stale.exists():
+            raise TokenizerError(f"save_pretrained: {stale} belongs to another tokenizer and would be loaded instead "
+                                 f"of this {type(self).__name__}; remove it or save into another folder")
+        text = json.dumps(self.tokenizer_config(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        written = [write_file(directory / f"{prefix}{TOKENIZER_CONFIG_FILE}", text)]
+        template = self._saved_chat_template()
+        if template is not None:
+            written.append(write_file(directory / f"{prefix}{CHAT_TEMPLATE_FILE}", template))
+        return (*written, *self.save_vocabulary(directory, filename_prefix))
+
+    def _saved_chat_template(self) -> str | None:
+        if self.chat_template is not None:
+            return self.chat_template
+        try:
+            return self._default_chat_template()
+        except TokenizerError:
+            return None
+
+
+def added_token_entry(content: str, special: bool = True, normalized: bool = False, lstrip: bool = False,
+                      rstrip: bool = False, single_word: bool = False) -> dict[str, Any]:
+    """One added_tokens_decoder value, with the fields transformers writes."""
+    return {"content": content, "lstrip": lstrip, "normalized": normalized, "rstrip": rstrip,
+            "single_word": single_word, "special": special}
+
+
+def vocabulary_path(save_directory: str | Path, filename_prefix: str | None, name: str) -> Path:
+    """Where save_vocabulary writes `name`, refusing a folder that does not exist."""
+    directory = Path(save_directory)
+    if not directory.is_dir():
+        raise TokenizerError(f"save_vocabulary: {directory} is not a directory")
+    return directory / f"{filename_prefix + '-' if filename_prefix else ''}{name}"
+
+
+def write_file(path: Path, content: str | bytes) -> str:
+    """Write text (UTF-8) or bytes to `path`; a failure names the file."""
+    try:
+        if isinstance(content, str):
+            path.write_text(content, encoding="utf-8")
+        else:
+            path.write_bytes(content)
+    except OSError as exc:
+        raise TokenizerError(f"cannot write the tokenizer file {path}: {exc}") from None
+    return str(path)
+
+
+def copy_vocabulary_file(source: str | Path, out: Path, serialized: Callable[[], bytes] | None = None) -> str:
+    """Copy the vocabulary file the tokenizer was loaded from to `out` (nothing to do when it is
+    `out` itself), or write `serialized()` when that file is gone."""
+    source = Path(source)
+    if source.is_file():
+        if source.resolve() != out.resolve():
+            write_file(out, source.read_bytes())
+        return str(out)
+    if serialized is None:
+        raise TokenizerError(f"cannot save {out}: the vocabulary file {source} the tokenizer was loaded from is gone")
+    return write_file(out, serialized())

@@ -12,7 +12,8 @@ from typing import Any
 from llama_shared.errors import TokenizerError
 from llama_shared.files import open_regular
 from llama_shared.tokenizers.backends import generate_merges
-from llama_shared.tokenizers.base import TokenizerBase, as_id_list
+from llama_shared.tokenizers.base import (TokenizerBase, added_token_entry, as_id_list, copy_vocabulary_file,
+                                          vocabulary_path, write_file)
 from llama_shared.tokenizers.chat_template import LLAMA2_CHAT_TEMPLATE, LLAMA3_CHAT_TEMPLATE
 from llama_shared.tokenizers.files import SPIECE_UNDERLINE, load_spm_proto
 
@@ -55,7 +56,9 @@ def convert_spm_to_tokenizers(vocab_file: str | Path, legacy: bool = True, add_p
 
 class TokenizersBackedBase(TokenizerBase):
     """What every tokenizer on a tokenizers.Tokenizer (self._tokenizer) reads from it alike:
-    vocabulary, id lookups and plain encoding; subclasses build the Tokenizer and its post-processor."""
+    vocabulary, id lookups, plain encoding and saving; subclasses build the Tokenizer and its post-processor."""
+
+    vocabulary_files = ("tokenizer.json",)
 
     def _special_flags_changed(self) -> None:
         self.update_post_processor()
@@ -84,6 +87,16 @@ class TokenizersBackedBase(TokenizerBase):
     def _encode_plain(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
 
+    def save_vocabulary(self, save_directory: str | Path, filename_prefix: str | None = None) -> tuple[str, ...]:
+        """Write tokenizer.json (with the post-processor of the current add_bos/add_eos settings)."""
+        out = vocabulary_path(save_directory, filename_prefix, "tokenizer.json")
+        return (write_file(out, self._tokenizer.to_str(pretty=True)),)
+
+    def _added_tokens_decoder(self) -> dict[int, dict[str, Any]]:
+        return {index: added_token_entry(token.content, token.special, token.normalized, token.lstrip, token.rstrip,
+                                         token.single_word)
+                for index, token in self._tokenizer.get_added_tokens_decoder().items()}
+
 
 class LlamaTokenizerFast(TokenizersBackedBase):
     """Llama tokenizer on the Rust `tokenizers` library, id for id with transformers' LlamaTokenizerFast.
@@ -94,13 +107,15 @@ class LlamaTokenizerFast(TokenizersBackedBase):
     """
 
     padding_side = "left"
+    vocabulary_files = ("tokenizer.json", "tokenizer.model")
 
     def __init__(self, vocab_file: str | Path | None = None, tokenizer_file: str | Path | None = None,
                  clean_up_tokenization_spaces: bool = False, unk_token: str | None = "<unk>",
                  bos_token: str | None = "<s>", eos_token: str | None = "</s>", pad_token: str | None = None,
                  add_bos_token: bool = True, add_eos_token: bool = False, legacy: bool | None = None,
                  add_prefix_space: bool | None = None, chat_template: str | None = None,
-                 model_max_length: int | None = None, padding_side: str | None = None) -> None:
+                 model_max_length: int | None = None, padding_side: str | None = None,
+                 truncation_side: str | None = None) -> None:
         from tokenizers import AddedToken
 
         self.legacy = True if legacy is None else bool(legacy)
@@ -117,7 +132,8 @@ class LlamaTokenizerFast(TokenizersBackedBase):
                                             for t in dict.fromkeys(special.values()) if t is not None])
         self._init_common(special_tokens=special, add_bos_token=add_bos_token, add_eos_token=add_eos_token,
                           clean_up_tokenization_spaces=clean_up_tokenization_spaces, chat_template=chat_template,
-                          model_max_length=model_max_length, padding_side=padding_side)
+                          model_max_length=model_max_length, padding_side=padding_side,
+                          truncation_side=truncation_side)
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
         self.update_post_processor()
@@ -156,21 +172,16 @@ class LlamaTokenizerFast(TokenizersBackedBase):
         text = self._tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
         return self._maybe_clean_up(text, clean_up_tokenization_spaces)
 
-    def save_vocabulary(self, save_directory: str | Path, filename_prefix: str | None = None) -> tuple[str]:
-        """Write tokenizer.json (and tokenizer.model when this tokenizer was converted from one)."""
-        directory = Path(save_directory)
-        if not directory.is_dir():
-            raise TokenizerError(f"save_vocabulary: {directory} is not a directory")
-        prefix = filename_prefix + "-" if filename_prefix else ""
-        out = directory / f"{prefix}tokenizer.json"
-        self._tokenizer.save(str(out))
-        written = [str(out)]
-        if self.vocab_file is not None and Path(self.vocab_file).is_file():
-            model_out = directory / f"{prefix}tokenizer.model"
-            if Path(self.vocab_file).resolve() != model_out.resolve():
-                model_out.write_bytes(Path(self.vocab_file).read_bytes())
-            written.append(str(model_out))
-        return tuple(written)
+    def save_vocabulary(self, save_directory: str | Path, filename_prefix: str | None = None) -> tuple[str, ...]:
+        """Write tokenizer.json, and tokenizer.model when this tokenizer was converted from one."""
+        written = super().save_vocabulary(save_directory, filename_prefix)
+        if self.vocab_file is None or not Path(self.vocab_file).is_file():
+            return written
+        out = vocabulary_path(save_directory, filename_prefix, "tokenizer.model")
+        return (*written, copy_vocabulary_file(self.vocab_file, out))
+
+    def _class_settings(self) -> dict[str, Any]:
+        return {"legacy": self.legacy, "add_prefix_space": self.add_prefix_space}
 
     def _default_chat_template(self) -> str:
         return LLAMA3_CHAT_TEMPLATE if self._token_to_id("<|start_header_id|>") is not None else LLAMA2_CHAT_TEMPLATE
@@ -204,7 +215,7 @@ class PreTrainedTokenizerFast(TokenizersBackedBase):
                  add_bos_token: bool | None = None, add_eos_token: bool | None = None,
                  added_tokens: list[dict[str, Any]] | tuple = (), clean_up_tokenization_spaces: bool = False,
                  chat_template: str | None = None, model_max_length: int | None = None,
-                 padding_side: str | None = None) -> None:
+                 padding_side: str | None = None, truncation_side: str | None = None) -> None:
         from tokenizers import Tokenizer
 
         if tokenizer_object is not None:
@@ -223,7 +234,8 @@ class PreTrainedTokenizerFast(TokenizersBackedBase):
             _template_flags(self._tokenizer, _content(bos_token), _content(eos_token))
         self._init_common(special_tokens={k: _content(v) for k, v in special.items()}, add_bos_token=flags[0],
                           add_eos_token=flags[1], clean_up_tokenization_spaces=clean_up_tokenization_spaces,
-                          chat_template=chat_template, model_max_length=model_max_length, padding_side=padding_side)
+                          chat_template=chat_template, model_max_length=model_max_length, padding_side=padding_side,
+                          truncation_side=truncation_side)
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
         if explicit or self._tokenizer.post_processor is None:
@@ -267,15 +279,6 @@ class PreTrainedTokenizerFast(TokenizersBackedBase):
         if type(self._tokenizer.model).__name__ == "BPE":
             return text
         return self._maybe_clean_up(text, clean_up_tokenization_spaces)
-
-    def save_vocabulary(self, save_directory: str | Path, filename_prefix: str | None = None) -> tuple[str]:
-        """Write tokenizer.json."""
-        directory = Path(save_directory)
-        if not directory.is_dir():
-            raise TokenizerError(f"save_vocabulary: {directory} is not a directory")
-        out = directory / f"{filename_prefix + '-' if filename_prefix else ''}tokenizer.json"
-        self._tokenizer.save(str(out))
-        return (str(out),)
 
     def _default_chat_template(self) -> str:
         raise TokenizerError("this tokenizer has no chat_template (tokenizer_config.json or chat_template.jinja); "

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from functools import cached_property
@@ -10,7 +11,8 @@ from pathlib import Path
 from typing import AbstractSet, Any, Collection, Iterator, Literal
 
 from llama_shared.errors import TokenizerError
-from llama_shared.tokenizers.base import TokenizerBase, as_id_list
+from llama_shared.tokenizers.base import (TokenizerBase, added_token_entry, as_id_list, copy_vocabulary_file,
+                                          vocabulary_path)
 from llama_shared.tokenizers.chat_template import LLAMA3_CHAT_TEMPLATE
 from llama_shared.tokenizers.files import load_tiktoken_ranks
 
@@ -76,12 +78,14 @@ class Llama3Tokenizer(TokenizerBase):
 
     padding_side = "right"
     pat_str = LLAMA3_PATTERN
+    vocabulary_files = ("tokenizer.model",)
 
     def __init__(self, vocab_file: str | Path, special_tokens: str | list[str] = "3.1",
                  bos_token: str | None = "<|begin_of_text|>", eos_token: str | None = "<|end_of_text|>",
                  pad_token: str | None = None, add_bos_token: bool = True, add_eos_token: bool = False,
                  clean_up_tokenization_spaces: bool = False, chat_template: str | None = None,
-                 model_max_length: int | None = None, padding_side: str | None = None) -> None:
+                 model_max_length: int | None = None, padding_side: str | None = None,
+                 truncation_side: str | None = None) -> None:
         import tiktoken
 
         self.vocab_file = str(vocab_file)
@@ -107,7 +111,8 @@ class Llama3Tokenizer(TokenizerBase):
                 raise TokenizerError(f"{role} {token!r} is not one of the Llama 3 special tokens of {vocab_file}")
         self._init_common(special_tokens=special, add_bos_token=add_bos_token, add_eos_token=add_eos_token,
                           clean_up_tokenization_spaces=clean_up_tokenization_spaces, chat_template=chat_template,
-                          model_max_length=model_max_length, padding_side=padding_side)
+                          model_max_length=model_max_length, padding_side=padding_side,
+                          truncation_side=truncation_side)
 
     @property
     def vocab_size(self) -> int:
@@ -194,6 +199,20 @@ class Llama3Tokenizer(TokenizerBase):
         if skip_special_tokens:
             ids = [i for i in ids if i not in self._special_by_id]
         return self.model.decode(ids)
+
+    # ---- saving -----------------------------------------------------------------------------
+    def save_vocabulary(self, save_directory: str | Path, filename_prefix: str | None = None) -> tuple[str]:
+        """Write the tiktoken tokenizer.model (the original file, or the loaded ranks if it is gone)."""
+        out = vocabulary_path(save_directory, filename_prefix, "tokenizer.model")
+        return (copy_vocabulary_file(self.vocab_file, out, self._serialized_ranks),)
+
+    def _serialized_ranks(self) -> bytes:
+        ranked = sorted(self.mergeable_ranks.items(), key=lambda item: item[1])
+        return b"".join(base64.b64encode(token) + b" %d\n" % rank for token, rank in ranked)
+
+    def _added_tokens_decoder(self) -> dict[int, dict[str, Any]]:
+        """The 256 special-token names: transformers 5 appends them when it converts the tiktoken file."""
+        return {index: added_token_entry(name) for name, index in self.special_tokens.items()}
 
     def _default_chat_template(self) -> str:
         return LLAMA3_CHAT_TEMPLATE

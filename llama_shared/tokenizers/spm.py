@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 from llama_shared.errors import TokenizerError
-from llama_shared.tokenizers.base import TokenizerBase, as_id_list
+from llama_shared.tokenizers.base import (TokenizerBase, added_token_entry, as_id_list, copy_vocabulary_file,
+                                          vocabulary_path, write_file)
 from llama_shared.tokenizers.chat_template import LLAMA2_CHAT_TEMPLATE
 from llama_shared.tokenizers.files import SPIECE_UNDERLINE, load_spm_processor
 
@@ -22,6 +22,7 @@ class LlamaTokenizer(TokenizerBase):
     """
 
     padding_side = "right"
+    vocabulary_files = ("tokenizer.model", "tokenizer.json")
 
     def __init__(self, vocab_file: str | Path, unk_token: str | None = "<unk>", bos_token: str | None = "<s>",
                  eos_token: str | None = "</s>", pad_token: str | None = None,
@@ -29,7 +30,8 @@ class LlamaTokenizer(TokenizerBase):
                  add_eos_token: bool = False, clean_up_tokenization_spaces: bool = False,
                  spaces_between_special_tokens: bool = False, legacy: bool | None = None,
                  add_prefix_space: bool = True, chat_template: str | None = None,
-                 model_max_length: int | None = None, padding_side: str | None = None) -> None:
+                 model_max_length: int | None = None, padding_side: str | None = None,
+                 truncation_side: str | None = None) -> None:
         self.vocab_file = str(vocab_file)
         self.legacy = True if legacy is None else bool(legacy)
         self.add_prefix_space = add_prefix_space
@@ -43,7 +45,8 @@ class LlamaTokenizer(TokenizerBase):
         self._added_by_id = {index: token for token, index in self._added.items()}
         self._init_common(special_tokens=special, add_bos_token=add_bos_token, add_eos_token=add_eos_token,
                           clean_up_tokenization_spaces=clean_up_tokenization_spaces, chat_template=chat_template,
-                          model_max_length=model_max_length, padding_side=padding_side)
+                          model_max_length=model_max_length, padding_side=padding_side,
+                          truncation_side=truncation_side)
         if add_bos_token and bos_token is None:
             raise TokenizerError("add_bos_token=True but bos_token is None")
         if add_eos_token and eos_token is None:
@@ -147,19 +150,25 @@ class LlamaTokenizer(TokenizerBase):
                 prev_is_special = False
         return out + self.sp_model.decode(pieces)
 
-    def save_vocabulary(self, save_directory: str | Path, filename_prefix: str | None = None) -> tuple[str]:
-        """Write tokenizer.model (the original file, or the loaded proto if the file is gone)."""
-        directory = Path(save_directory)
-        if not directory.is_dir():
-            raise TokenizerError(f"save_vocabulary: {directory} is not a directory")
-        out = directory / ((filename_prefix + "-" if filename_prefix else "") + "tokenizer.model")
-        source = Path(self.vocab_file)
-        if source.is_file():
-            if source.resolve() != out.resolve():
-                shutil.copyfile(source, out)
-        else:
-            out.write_bytes(self.sp_model.serialized_model_proto())
-        return (str(out),)
+    def save_vocabulary(self, save_directory: str | Path, filename_prefix: str | None = None) -> tuple[str, str]:
+        """Write tokenizer.model (the original file, or the loaded proto if the file is gone) and the
+        tokenizer.json LlamaTokenizerFast converts from it with these settings: transformers 5, which
+        has no sentencepiece class, loads that one."""
+        from llama_shared.tokenizers.fast import LlamaTokenizerFast
+
+        model_out = vocabulary_path(save_directory, filename_prefix, "tokenizer.model")
+        copy_vocabulary_file(self.vocab_file, model_out, self.sp_model.serialized_model_proto)
+        fast = LlamaTokenizerFast(model_out, legacy=self.legacy, add_prefix_space=self.add_prefix_space,
+                                  add_bos_token=self.add_bos_token, add_eos_token=self.add_eos_token,
+                                  **self._special_tokens)
+        json_out = vocabulary_path(save_directory, filename_prefix, "tokenizer.json")
+        return str(model_out), write_file(json_out, fast.backend_tokenizer.to_str(pretty=True))
+
+    def _class_settings(self) -> dict[str, Any]:
+        return {"legacy": self.legacy, "add_prefix_space": self.add_prefix_space}
+
+    def _added_tokens_decoder(self) -> dict[int, dict[str, Any]]:
+        return {index: added_token_entry(token) for token, index in self._added.items()}
 
     def _default_chat_template(self) -> str:
         return LLAMA2_CHAT_TEMPLATE
