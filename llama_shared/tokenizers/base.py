@@ -362,10 +362,14 @@ class TokenizerBase:
     # converts the tiktoken tokenizer.model) as written for this class; for "LlamaTokenizer" it would
     # rebuild the BPE from vocabulary and merges, which splits runs of spaces unlike sentencepiece.
     tokenizer_class_name = "TokenizersBackend"
-    vocabulary_files: tuple[str, ...] = ()  # the file names save_vocabulary writes
+    model_files: tuple[str, ...] = ()  # the file names _save_model_files writes
 
     def save_vocabulary(self, save_directory: str | Path, filename_prefix: str | None = None) -> tuple[str, ...]:
         raise NotImplementedError
+
+    def _save_model_files(self, directory: Path, filename_prefix: str | None) -> tuple[str, ...]:
+        """The files save_pretrained writes beside tokenizer_config.json: the vocabulary files."""
+        return self.save_vocabulary(directory, filename_prefix)
 
     def _class_settings(self) -> dict[str, Any]:
         """tokenizer_config.json entries only this class has (legacy, add_prefix_space...)."""
@@ -407,7 +411,7 @@ class TokenizerBase:
             raise TokenizerError(f"save_pretrained: cannot create the folder {directory}: {exc}") from None
         prefix = filename_prefix + "-" if filename_prefix else ""
         stale = directory / f"{prefix}tokenizer.json"
-        if "tokenizer.json" not in self.vocabulary_files and stale.exists():
+        if "tokenizer.json" not in self.model_files and stale.exists():
             raise TokenizerError(f"save_pretrained: {stale} belongs to another tokenizer and would be loaded instead "
                                  f"of this {type(self).__name__}; remove it or save into another folder")
         text = json.dumps(self.tokenizer_config(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
@@ -415,7 +419,7 @@ class TokenizerBase:
         template = self._saved_chat_template()
         if template is not None:
             written.append(write_file(directory / f"{prefix}{CHAT_TEMPLATE_FILE}", template))
-        return (*written, *self.save_vocabulary(directory, filename_prefix))
+        return (*written, *self._save_model_files(directory, filename_prefix))
 
     def _saved_chat_template(self) -> str | None:
         if self.chat_template is not None:

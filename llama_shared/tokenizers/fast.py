@@ -58,7 +58,7 @@ class TokenizersBackedBase(TokenizerBase):
     """What every tokenizer on a tokenizers.Tokenizer (self._tokenizer) reads from it alike:
     vocabulary, id lookups, plain encoding and saving; subclasses build the Tokenizer and its post-processor."""
 
-    vocabulary_files = ("tokenizer.json",)
+    model_files = ("tokenizer.json",)
 
     def _special_flags_changed(self) -> None:
         self.update_post_processor()
@@ -107,7 +107,7 @@ class LlamaTokenizerFast(TokenizersBackedBase):
     """
 
     padding_side = "left"
-    vocabulary_files = ("tokenizer.json", "tokenizer.model")
+    model_files = ("tokenizer.json", "tokenizer.model")
 
     def __init__(self, vocab_file: str | Path | None = None, tokenizer_file: str | Path | None = None,
                  clean_up_tokenization_spaces: bool = False, unk_token: str | None = "<unk>",

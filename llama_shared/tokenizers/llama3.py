@@ -78,7 +78,7 @@ class Llama3Tokenizer(TokenizerBase):
 
     padding_side = "right"
     pat_str = LLAMA3_PATTERN
-    vocabulary_files = ("tokenizer.model",)
+    model_files = ("tokenizer.model",)
 
     def __init__(self, vocab_file: str | Path, special_tokens: str | list[str] = "3.1",
                  bos_token: str | None = "<|begin_of_text|>", eos_token: str | None = "<|end_of_text|>",

@@ -22,7 +22,7 @@ class LlamaTokenizer(TokenizerBase):
     """
 
     padding_side = "right"
-    vocabulary_files = ("tokenizer.model", "tokenizer.json")
+    model_files = ("tokenizer.model", "tokenizer.json")
 
     def __init__(self, vocab_file: str | Path, unk_token: str | None = "<unk>", bos_token: str | None = "<s>",
                  eos_token: str | None = "</s>", pad_token: str | None = None,
@@ -150,19 +150,22 @@ class LlamaTokenizer(TokenizerBase):
                 prev_is_special = False
         return out + self.sp_model.decode(pieces)
 
-    def save_vocabulary(self, save_directory: str | Path, filename_prefix: str | None = None) -> tuple[str, str]:
-        """Write tokenizer.model (the original file, or the loaded proto if the file is gone) and the
-        tokenizer.json LlamaTokenizerFast converts from it with these settings: transformers 5, which
-        has no sentencepiece class, loads that one."""
+    def save_vocabulary(self, save_directory: str | Path, filename_prefix: str | None = None) -> tuple[str]:
+        """Write tokenizer.model (the original file, or the loaded proto if the file is gone)."""
+        out = vocabulary_path(save_directory, filename_prefix, "tokenizer.model")
+        return (copy_vocabulary_file(self.vocab_file, out, self.sp_model.serialized_model_proto),)
+
+    def _save_model_files(self, directory: Path, filename_prefix: str | None) -> tuple[str, str]:
+        """tokenizer.model, and the tokenizer.json LlamaTokenizerFast converts from it with these
+        settings: transformers 5, which has no sentencepiece class, loads that one."""
         from llama_shared.tokenizers.fast import LlamaTokenizerFast
 
-        model_out = vocabulary_path(save_directory, filename_prefix, "tokenizer.model")
-        copy_vocabulary_file(self.vocab_file, model_out, self.sp_model.serialized_model_proto)
+        (model_out,) = self.save_vocabulary(directory, filename_prefix)
         fast = LlamaTokenizerFast(model_out, legacy=self.legacy, add_prefix_space=self.add_prefix_space,
                                   add_bos_token=self.add_bos_token, add_eos_token=self.add_eos_token,
                                   **self._special_tokens)
-        json_out = vocabulary_path(save_directory, filename_prefix, "tokenizer.json")
-        return str(model_out), write_file(json_out, fast.backend_tokenizer.to_str(pretty=True))
+        json_out = vocabulary_path(directory, filename_prefix, "tokenizer.json")
+        return model_out, write_file(json_out, fast.backend_tokenizer.to_str(pretty=True))
 
     def _class_settings(self) -> dict[str, Any]:
         return {"legacy": self.legacy, "add_prefix_space": self.add_prefix_space}
