@@ -92,3 +92,19 @@ def test_the_kernel_is_neither_compared_nor_written_unless_chosen():
     assert portable == SETTINGS["int8"] and portable.kernel == "portable"
     assert "kernel" not in SETTINGS["int8"].to_dict() and portable.to_dict()["kernel"] == "portable"
     assert q.QuantizationConfig.from_dict(portable.to_dict(), "test").kernel == "portable"
+
+
+@pytest.mark.parametrize("type_name", ["Q8_0", "Q4_0", "Q4_1"])
+def test_gguf_blocks_map_to_the_format_bit_for_bit(type_name):
+    """Codes and float16 scales are copied from the blocks: the format's dequantization of them is
+    exactly gguf's own (Q4_0's nibble offset of 8 and element j / j + 16 nibble order included)."""
+    import gguf
+
+    from llama_shared.checkpoints.gguf_quantized import MAPPED, block_tensors
+
+    weight = np.random.default_rng(4).standard_normal((8, 128)).astype(np.float32) + 0.3
+    kind = gguf.GGMLQuantizationType[type_name]
+    blocks = gguf.quantize(weight, kind)
+    tensors = block_tensors(type_name, blocks, weight.shape)
+    assert tensors["scales"].dtype == np.float16 and tensors["scales"].shape == (8, 4)
+    np.testing.assert_array_equal(q.dequantize(tensors, MAPPED[type_name]), gguf.dequantize(blocks, kind))
