@@ -92,8 +92,8 @@ def blocked_matmul(x: Array, tensors: dict[str, Array], quantization: q.Quantiza
     return products.reshape(out_features, -1).T.reshape(*x.shape[:-1], out_features)
 
 
-def blocked_reason(out_features: int) -> str | None:
-    """Why the blocked CPU product cannot run this layer (None: it can)."""
+def cpu_kernel_reason(out_features: int) -> str | None:
+    """Why the CPU kernel (the blocked product) cannot run this layer (None: it can)."""
     if jax.default_backend() != "cpu":
         return f"the backend is {jax.default_backend()}, not the CPU"
     if out_features % BLOCK_ROWS:
@@ -106,7 +106,7 @@ def quantized_matmul(x: Array, tensors: dict[str, Array], quantization: q.Quanti
     CPU for up to BLOCKED_MAX_ROWS rows, "cpu" always (an error where it cannot run)."""
     if quantization.kernel == "portable":
         return portable_matmul(x, tensors, quantization)
-    reason = blocked_reason(tensors["qweight"].shape[0])
+    reason = cpu_kernel_reason(tensors["qweight"].shape[0])
     if quantization.kernel == "cpu":
         if reason:
             raise ConfigError(f"quantization kernel 'cpu' cannot run here: {reason}; use kernel 'auto' or 'portable'")
