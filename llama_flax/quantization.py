@@ -27,10 +27,10 @@ from llama_shared.errors import ConfigError
 from llama_shared.naming import flatten_tree, unflatten_tree
 
 Array = jax.Array
-# Output rows per block of the CPU kernel, and the most input rows it takes (more rows amortise a
-# whole dequantized weight, so the portable product serves them).
+# Output rows per block of the CPU kernel, and the most input rows "auto" gives it (a prompt of up to
+# 32 tokens included; more rows amortise a whole dequantized weight over a multi-core float product).
 BLOCK_ROWS = 32
-BLOCKED_MAX_ROWS = 16
+BLOCKED_MAX_ROWS = 32
 
 
 def unpack_int4(packed: Array) -> Array:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -323,3 +324,14 @@ def test_kernel_cpu_where_there_is_none_is_an_error_and_auto_falls_back():
         model(torch.ones((1, 2), dtype=torch.long))
     torch_quant.use_kernel(model, "auto")
     assert model(torch.ones((1, 2), dtype=torch.long)).logits.shape == (1, 2, 64)
+
+
+def test_auto_takes_the_blocked_product_for_up_to_blocked_max_rows_rows_on_the_cpu():
+    settings = SETTINGS["int4-g32"]
+    tensors = {leaf: jnp.asarray(a) for leaf, a in q.quantize(np.ones((64, 64), np.float32), settings).items()}
+
+    def blocked(rows: int) -> bool:
+        jaxpr = jax.make_jaxpr(lambda x: flax_quant.quantized_matmul(x, tensors, settings))(jnp.ones((rows, 64)))
+        return "scan" in str(jaxpr)
+
+    assert blocked(1) and blocked(flax_quant.BLOCKED_MAX_ROWS) and not blocked(flax_quant.BLOCKED_MAX_ROWS + 1)
