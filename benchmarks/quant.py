@@ -1,15 +1,26 @@
-"""CPU batch-1 decode tokens/s of int8 and int4 weight-only models beside the float model, same run.
+"""CPU decode tokens/s of int8 and int4 weight-only models beside the float model and llama.cpp, one run.
 
-Both twins decode greedily with their own generate() from a 32-token prompt on random weights.
-Every figure is a ratio to the float model of the same twin and compute dtype, measured in this
-process (best of PASSES passes, because the development machine's second core comes and goes).
+The "small" shape of benchmarks/decode.py (hidden 1024, 12 layers, 207M parameters) with random
+float32 weights, saved once; from that folder both twins load float32, int8 (one scale per output
+channel) and int4-g32, and the project's GGUF writer exports F32, Q8_0 and Q4_0 files that
+llama.cpp (llama-cpp-python) decodes. Every runner decodes greedily from the same 32-token prompt
+(prompt included in the time), never stopping early; best of PASSES passes taken round-robin
+after a warm-up, so every runner meets the same spells of load. Each quantized figure is printed
+as a ratio to the float32 model of the same twin, and to llama.cpp's file of the same bit width.
 
-    python -m benchmarks.quant            # SIZE=small (default) or SIZE=tiny
+Kernels: the torch twin's quantized layers run with kernel "cpu" (aten's weight-only kernels,
+bfloat16 inside); the Flax twin's with "auto" (the blocked product on the CPU, float32). llama.cpp
+loads weights as stored (use_extra_bufts=False): its repacked AMX/AVX512 layouts crash on this VM.
+
+    python -m benchmarks.quant [--size small|tiny] [--new-tokens 64] [--passes 3] [--batches 1,8]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import platform
 import tempfile
 import time
 
@@ -20,84 +31,128 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.decode import SIZES  # noqa: E402
+from benchmarks.timing import interleaved_best_times  # noqa: E402
 from llama_flax import quantization as flax_quant  # noqa: E402
 from llama_flax.modeling import FlaxLlamaForCausalLM  # noqa: E402
+from llama_shared import quantization as q  # noqa: E402
 from llama_shared.checkpoints import save_tensors  # noqa: E402
 from llama_shared.config import LlamaConfig  # noqa: E402
 from llama_torch import quantization as torch_quant  # noqa: E402
 from llama_torch.modeling import LlamaForCausalLM  # noqa: E402
+from llama_twin.conversion import convert  # noqa: E402
 
-SIZES = {"tiny": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8,
-                      num_key_value_heads=4, vocab_size=32000),
-         "small": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=6, num_attention_heads=16,
-                       num_key_value_heads=8, vocab_size=32000)}
-PROMPT, NEW_TOKENS, PASSES = 32, 32, 3
-MODES = [("float", None, None), ("int8", "int8", None), ("int4-g128", "int4", 128)]
+PROMPT = 32
+# (name, settings, llama.cpp file of the same bit width)
+MODES = [("float32", None, "f32"), ("int8", q.QuantizationConfig(8), "q8_0"),
+         ("int4-g32", q.QuantizationConfig(4, 32), "q4_0")]
 
 
-def save_random_model(directory: str, size: str) -> str:
-    config = LlamaConfig(**SIZES[size], max_position_embeddings=512, eos_token_id=None)
+def save_random_model(directory: str, size: str) -> LlamaConfig:
+    """A random float32 model (std 0.02, as transformers initialises) in directory."""
+    config = LlamaConfig(**SIZES[size], max_position_embeddings=512, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
     model = LlamaForCausalLM(config)
-    config.save_pretrained(directory)
-    save_tensors(directory, {k: v.detach().numpy() for k, v in model.state_dict().items()})
-    return directory
+    model.save_pretrained(directory)
+    return config
 
 
-def best_tokens_per_second(run) -> float:
-    run()  # compile / warm up
-    best = float("inf")
-    for _ in range(PASSES):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return NEW_TOKENS / best
-
-
-def torch_row(directory: str, dtype: torch.dtype, prompt: np.ndarray) -> dict[str, float]:
-    out = {}
+def twin_runners(directory: str, prompt: np.ndarray, new: int) -> dict:
+    """{label: run} for both twins in every mode."""
+    runners = {}
     ids = torch.from_numpy(prompt)
-    for name, quantization, group_size in MODES:
-        model = LlamaForCausalLM.from_pretrained(directory, dtype=dtype)
-        if quantization:
-            torch_quant.quantize(model, quantization, group_size)
-        with torch.no_grad():
-            generated = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)
-            assert generated.shape[1] == PROMPT + NEW_TOKENS
-            out[name] = best_tokens_per_second(lambda: model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False))
-    return out
+    for name, settings, _ in MODES:
+        model = LlamaForCausalLM.from_pretrained(directory)
+        if settings is not None:
+            torch_quant.use_kernel(torch_quant.quantize(model, settings), "cpu")
+        runners[f"torch {name}"] = (lambda m: lambda: m.generate(ids, max_new_tokens=new, do_sample=False,
+                                                                 eos_token_id=[]))(model)
+    for name, settings, _ in MODES:
+        model = FlaxLlamaForCausalLM.from_pretrained(directory, quantization=settings)
+        runners[f"flax {name}"] = (lambda m: lambda: np.asarray(m.generate(prompt, max_new_tokens=new, do_sample=False,
+                                                                           eos_token_id=[])))(model)
+    return runners
 
 
-def flax_row(directory: str, dtype, prompt: np.ndarray) -> dict[str, float]:
-    out = {}
-    ids = jnp.asarray(prompt)
-    for name, quantization, group_size in MODES:
-        model = FlaxLlamaForCausalLM.from_pretrained(directory, dtype=dtype)
-        if quantization:
-            flax_quant.quantize(model, quantization, group_size)
-        run = lambda: jax.block_until_ready(model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False))  # noqa: E731
-        assert run().shape[1] == PROMPT + NEW_TOKENS
-        out[name] = best_tokens_per_second(run)
-    return out
+def llama_cpp_runners(directory: str, files: str, prompt: np.ndarray, new: int, threads: int) -> dict:
+    """{label: run} for llama.cpp on each exported GGUF file (batch 1 only)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        print("llama-cpp-python is not installed: llama.cpp is left out")
+        return {}
+    default = llama_cpp.llama_model_default_params
+
+    def stored_layout():
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    llama_cpp.llama.llama_cpp.llama_model_default_params = stored_layout
+    runners = {}
+    for _, _, gguf_type in MODES:
+        path = os.path.join(files, f"model-{gguf_type}.gguf")
+        start = time.perf_counter()
+        if not os.path.exists(path):
+            convert(directory, path, "gguf", gguf_type=gguf_type, progress=False)
+        print(f"exported {gguf_type} in {time.perf_counter() - start:.0f} s ({os.path.getsize(path) / 1e6:.0f} MB)",
+              flush=True)
+        model = llama_cpp.Llama(model_path=path, n_ctx=PROMPT + new + 8, n_threads=threads, n_threads_batch=threads,
+                                verbose=False)
+
+        def run(model=model):
+            model.reset()
+            tokens = []
+            for token in model.generate(prompt[0].tolist(), top_k=1, temp=0.0, reset=True):
+                tokens.append(token)
+                if len(tokens) == new:
+                    return tokens
+        runners[f"llama.cpp {gguf_type.upper()}"] = run
+    return runners
 
 
 def main() -> None:
-    size = os.environ.get("SIZE", "small")
-    torch.manual_seed(0)
-    prompt = np.random.default_rng(0).integers(3, SIZES[size]["vocab_size"], (1, PROMPT))
-    print(f"size {size}: {SIZES[size]}; prompt {PROMPT}, {NEW_TOKENS} new tokens, batch 1, best of {PASSES}")
-    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), jax {jax.__version__}")
-    with tempfile.TemporaryDirectory() as directory:
-        save_random_model(directory, size)
-        rows = {"torch float32": torch_row(directory, torch.float32, prompt),
-                "torch bfloat16": torch_row(directory, torch.bfloat16, prompt),
-                "flax float32": flax_row(directory, jnp.float32, prompt),
-                "flax bfloat16": flax_row(directory, jnp.bfloat16, prompt)}
-    print(f"| twin, compute dtype | {' | '.join(name for name, _, _ in MODES)} |")
-    print(f"|---|{'---|' * len(MODES)}")
-    for label, row in rows.items():
-        cells = [f"{row['float']:.1f} tok/s"] + [f"{row[name]:.1f} tok/s ({row[name] / row['float']:.2f}x)"
-                                                for name, _, _ in MODES[1:]]
-        print(f"| {label} | {' | '.join(cells)} |")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    results = {"size": args.size, "new_tokens": args.new_tokens, "runs": [],
+               "versions": {"python": platform.python_version(), "torch": torch.__version__, "jax": jax.__version__}}
+    print(f"size {args.size}: {SIZES[args.size]}; prompt {PROMPT}, {args.new_tokens} new tokens, best of "
+          f"{args.passes}; torch {torch.__version__} ({args.threads} threads), jax {jax.__version__}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="quant-bench-") as scratch:
+        directory, files = os.path.join(scratch, "model"), os.path.join(scratch, "gguf")
+        os.makedirs(files)
+        config = save_random_model(directory, args.size)
+        for batch in (int(b) for b in args.batches.split(",")):
+            prompt = rng.integers(3, config.vocab_size, (batch, PROMPT))
+            runners = twin_runners(directory, prompt, args.new_tokens)
+            if batch == 1:
+                runners.update(llama_cpp_runners(directory, files, prompt, args.new_tokens, args.threads))
+            for name, run in runners.items():
+                start = time.perf_counter()
+                run()
+                print(f"batch {batch} {name}: warm-up {time.perf_counter() - start:.1f} s", flush=True)
+            seconds = interleaved_best_times(runners, args.passes)
+            tok_s = {name: batch * args.new_tokens / s for name, s in seconds.items()}
+            for name, rate in tok_s.items():
+                twin, mode = name.split(" ", 1)
+                run = {"batch": batch, "impl": name, "tok_s": round(rate, 1)}
+                if twin in ("torch", "flax"):
+                    run["vs_float32"] = round(rate / tok_s[f"{twin} float32"], 2)
+                    llama_type = dict((m, g.upper()) for m, _, g in MODES)[mode]
+                    if f"llama.cpp {llama_type}" in tok_s:
+                        run["vs_llama_cpp"] = round(rate / tok_s[f"llama.cpp {llama_type}"], 2)
+                results["runs"].append(run)
+                print(f"batch {batch} {name:20s} {rate:7.1f} tok/s  " +
+                      "  ".join(f"{k} {v:.2f}x" for k, v in run.items() if k.startswith("vs_")), flush=True)
+            del runners
+    print(json.dumps(results))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from llama_flax.cache import KVCache, LayerCache
 from llama_flax.loading import FlaxPreTrainedModel
 from llama_flax.lora import LoraDense, LoraMixin, LoraQuantizedDense, LoraUpdate
 from llama_flax.matmul import dense_dot_general
-from llama_flax.quantization import QuantizedDense
+from llama_flax.quantization import QuantizedDense, QuantizedEmbed
 from llama_flax.sharding import constrain
 from llama_shared import lora
 from llama_shared import quantization as q
@@ -280,8 +280,12 @@ class LlamaModule(nn.Module):
 
     def setup(self) -> None:
         c = self.config
-        self.embed_tokens = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
-                                     embedding_init=nn.initializers.normal(c.initializer_range))
+        quantization = q.config_quantization(c)
+        if quantization is not None and quantization.quantizes("embed_tokens", c):
+            self.embed_tokens = QuantizedEmbed(c.vocab_size, c.hidden_size, quantization, self.dtype, self.param_dtype)
+        else:
+            self.embed_tokens = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
+                                         embedding_init=nn.initializers.normal(c.initializer_range))
         self.layers = LlamaLayers(c, self.dtype, self.param_dtype, self.remat_policy, self.scan_layers)
         self.norm = LlamaRMSNorm(c.rms_norm_eps, self.param_dtype)
         self.rotary_emb = LlamaRotaryEmbedding(c)

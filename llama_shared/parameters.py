@@ -27,6 +27,7 @@ from llama_shared.quantization import config_quantization
 TASK_HEADS = ("score", "qa_outputs")
 FLOAT_DTYPES = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64, ml_dtypes.bfloat16))
 StoredSpecs = Mapping[str, tuple[tuple[int, ...], np.dtype]]
+FLOAT_LEAVES = ("scales", "mins")  # quantized tensors in any floating dtype (the codes' dtype is exact)
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
@@ -47,11 +48,12 @@ def model_tensors(config: LlamaConfig, model_class: str = "LlamaForCausalLM") ->
     h, q, kv = c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
     specs: dict[str, TensorSpec] = {}
 
-    def linear(name: str, in_features: int, out_features: int, bias: bool) -> None:
+    def linear(name: str, in_features: int, out_features: int, bias: bool = False) -> None:
+        """A weight [out, in] (an embedding's [vocab, hidden] too), or its quantized tensors."""
         module = name.rsplit(".", 1)[-1]
         if quantization is not None and quantization.quantizes(module, c):
             for leaf, (shape, dtype) in quantization.tensor_specs(out_features, in_features, np.float32).items():
-                specs[f"{name}.{leaf}"] = TensorSpec(shape, None if leaf == "scales" else dtype)
+                specs[f"{name}.{leaf}"] = TensorSpec(shape, None if leaf in FLOAT_LEAVES else dtype)
         else:
             specs[f"{name}.weight"] = TensorSpec((out_features, in_features))
         if bias:
@@ -59,7 +61,7 @@ def model_tensors(config: LlamaConfig, model_class: str = "LlamaForCausalLM") ->
 
     base = BASE_PREFIX[model_class]
     prefix = f"{base}." if base else ""
-    specs[f"{prefix}embed_tokens.weight"] = TensorSpec((c.vocab_size, h))
+    linear(f"{prefix}embed_tokens", h, c.vocab_size)
     for i in range(c.num_hidden_layers):
         layer = f"{prefix}layers.{i}"
         for name, size in (("q_proj", q), ("k_proj", kv), ("v_proj", kv)):
@@ -72,7 +74,7 @@ def model_tensors(config: LlamaConfig, model_class: str = "LlamaForCausalLM") ->
         specs[f"{layer}.post_attention_layernorm.weight"] = TensorSpec((h,))
     specs[f"{prefix}norm.weight"] = TensorSpec((h,))
     if model_class == "LlamaForCausalLM" and not c.tie_word_embeddings:
-        linear("lm_head", h, c.vocab_size, False)
+        linear("lm_head", h, c.vocab_size)
     elif model_class == "LlamaForSequenceClassification":
         specs["score.weight"] = TensorSpec((c.num_labels, h))
     elif model_class == "LlamaForTokenClassification":

@@ -66,8 +66,9 @@ class PreTrainedModel(GenerationMixin, nn.Module):
                     module.weight[module.padding_idx].zero_()
 
     def tie_weights(self) -> None:
-        """Share the embedding with lm_head when the config ties them."""
-        if self.config.tie_word_embeddings and hasattr(self, "lm_head"):
+        """Share the embedding with lm_head when the config ties them (a quantized embedding's head
+        already multiplies by it)."""
+        if self.config.tie_word_embeddings and hasattr(self, "lm_head") and hasattr(self.lm_head, "weight"):
             self.lm_head.weight = self.get_submodule(self._embedding_path()).weight
 
     def _embedding_path(self) -> str:
@@ -119,10 +120,10 @@ class PreTrainedModel(GenerationMixin, nn.Module):
         # Checked before the model is built: the meta-device build alone takes time in the layer count.
         check_tensors(checkpoint_specs(checkpoint), config, cls.__name__, checkpoint.directory)
         with torch.device("meta"):
-            model = cls(config)
-        if config_quantization(config) is not None:
-            replace_linears(model, config_quantization(config))
-        model = model.to(target).to_empty(device=device)
+            model = cls(config).to(target)
+            if config_quantization(config) is not None:  # after .to(): scales keep their own dtype
+                replace_linears(model, config_quantization(config))
+        model = model.to_empty(device=device)
         model.tie_weights()
         model.load_checkpoint(checkpoint)
         model.generation_config = GenerationConfig.for_model(directory, config)

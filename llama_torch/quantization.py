@@ -1,10 +1,15 @@
 """Weight-only int8 / int4 layers for the torch twin: the twin of llama_flax/quantization.py.
 
 quantize() swaps each targeted nn.Linear for a QuantizedLinear whose state-dict keys are
-llama_shared.quantization's format (``q_proj.qweight``, ``q_proj.scales``, ``q_proj.zeros``,
-``q_proj.bias``). Its forward dequantizes and multiplies in plain torch ops, so it runs on any
-device and under torch.compile; per-channel symmetric int8 on the CPU calls aten's int8 weight-only
-kernel instead.
+llama_shared.quantization's format (``q_proj.qweight``, ``.scales``, ``.zeros`` or ``.mins``,
+``.bias``); a checkpoint that stores the embedding quantized (GGUF) gets a QuantizedEmbedding.
+The portable product dequantizes and multiplies in plain torch ops, on any device and under
+torch.compile. On the CPU, aten's weight-only kernels never materialise the float weight: ``_weight_int8pack_mm`` (int8, one scale per output channel) and
+``_weight_int4pack_mm_for_cpu`` (int4, groups of 32 to 128, any zero points, as tinygemm's
+(code + 8 - 8) * scale + zero). Both are vectorised for bfloat16 only (float32 inputs take a
+scalar loop several times slower than the float product), so they compute in bfloat16. The "auto"
+kernel takes them for bfloat16 inputs; kernel "cpu" takes them for float32 models too, rounding
+activations, scales and outputs to bfloat16 (docs/quantization.md measures what that costs).
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ from llama_shared import quantization as q
 from llama_shared.errors import ConfigError
 from llama_torch.tensors import to_numpy, to_torch
 
+# Group sizes and the output-row multiple that aten's CPU int4 kernel takes.
+INT4_KERNEL_GROUP_SIZES = (32, 64, 128, 256)
+INT4_KERNEL_ROWS = 16
+
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     """uint8 (out, in // 2) -> int8 codes (out, in): low nibble first, each stored as code + 8."""
@@ -27,26 +36,47 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 
 
 def dequantize(tensors: dict[str, torch.Tensor], quantization: q.QuantizationConfig, dtype: torch.dtype) -> torch.Tensor:
-    """The (out, in) weight in dtype: (code - zero) * scale per group."""
-    qweight, scales = tensors["qweight"], tensors["scales"].to(dtype)
+    """The (out, in) weight in dtype: (code - zero) * scale, or (code - qmin) * scale + min, per group."""
+    qweight, scales = tensors["qweight"], tensors["scales"].to(dtype)[..., None]
     codes = qweight if quantization.bits == 8 else unpack_int4(qweight)
     out_features, in_features = codes.shape
     grouped = codes.reshape(out_features, scales.shape[1], -1).to(dtype)
-    if "zeros" in tensors:
-        grouped = grouped - tensors["zeros"].to(dtype)[..., None]
-    return (grouped * scales[..., None]).reshape(out_features, in_features)
+    if "mins" in tensors:
+        weight = (grouped - quantization.code_range[0]) * scales + tensors["mins"].to(dtype)[..., None]
+    elif "zeros" in tensors:
+        weight = (grouped - tensors["zeros"].to(dtype)[..., None]) * scales
+    else:
+        weight = grouped * scales
+    return weight.reshape(out_features, in_features)
 
 
-def quantized_matmul(x: torch.Tensor, tensors: dict[str, torch.Tensor],
-                     quantization: q.QuantizationConfig) -> torch.Tensor:
-    """x @ W.T for the quantized W; a per-channel symmetric scale multiplies the product instead of W."""
-    if quantization.group_size is None and quantization.symmetric:
-        qweight, scales = tensors["qweight"], tensors["scales"][:, 0].to(x.dtype)
-        if x.device.type == "cpu":
-            flat = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), qweight, scales)
-            return flat.reshape(*x.shape[:-1], -1)
-        return F.linear(x, qweight.to(x.dtype)) * scales
-    return F.linear(x, dequantize(tensors, quantization, x.dtype))
+def cpu_kernel_reason(quantization: q.QuantizationConfig, out_features: int) -> str | None:
+    """Why aten's CPU kernels cannot run this format (None: they can)."""
+    if quantization.bits == 8:
+        if quantization.group_size is not None or not quantization.symmetric:
+            return f"{quantization.name}: aten's CPU int8 kernel takes one symmetric scale per output channel"
+        return None
+    if quantization.group_size not in INT4_KERNEL_GROUP_SIZES:
+        return f"{quantization.name}: aten's CPU int4 kernel takes group sizes {INT4_KERNEL_GROUP_SIZES}"
+    if out_features % INT4_KERNEL_ROWS:
+        return f"aten's CPU int4 kernel needs a multiple of {INT4_KERNEL_ROWS} output rows, the layer has {out_features}"
+    return None
+
+
+def int4_kernel_operands(tensors: dict[str, torch.Tensor],
+                         quantization: q.QuantizationConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed weight, scales_and_zeros) for _weight_int4pack_mm_for_cpu: tinygemm's layout, which
+    reads a weight as (nibble - 8) * scale + zero with nibble = code + 8 and a float zero per group."""
+    nibbles = unpack_int4(tensors["qweight"]).to(torch.int32) + 8
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(nibbles, 1)
+    scales = tensors["scales"].float()
+    if "mins" in tensors:
+        zero = tensors["mins"].float() + 8 * scales  # (code + 8) * s + min = code * s + (min + 8 s)
+    elif "zeros" in tensors:
+        zero = -tensors["zeros"].float() * scales
+    else:
+        zero = torch.zeros_like(scales)
+    return packed, torch.stack([scales.t(), zero.t()], dim=-1).to(torch.bfloat16).contiguous()
 
 
 class QuantizedLinear(nn.Module):
@@ -56,10 +86,9 @@ class QuantizedLinear(nn.Module):
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
         super().__init__()
         self.in_features, self.out_features, self.quantization = in_features, out_features, quantization
-        for leaf, (shape, numpy_dtype) in quantization.tensor_specs(out_features, in_features, "float32").items():
-            tensor_dtype = dtype if leaf == "scales" else getattr(torch, numpy_dtype.name)
-            self.register_buffer(leaf, torch.zeros(shape, dtype=tensor_dtype, device=device))
+        register_quantized(self, out_features, in_features, quantization, dtype, device)
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
+        self._kernel_cache: tuple[tuple[int, ...], Any] | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, quantization: q.QuantizationConfig, name: str) -> "QuantizedLinear":
@@ -68,30 +97,116 @@ class QuantizedLinear(nn.Module):
         module = cls(linear.in_features, linear.out_features, linear.bias is not None, quantization,
                      weight.dtype, weight.device)
         if weight.device.type != "meta":
-            host = to_numpy(weight)
-            for leaf, array in q.quantize(host, quantization, host.dtype, name).items():
-                getattr(module, leaf).copy_(to_torch(array))
+            fill_quantized(module, to_numpy(weight), quantization, name)
             if linear.bias is not None:
                 module.bias.data.copy_(linear.bias.data)
         return module
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {leaf: getattr(self, leaf) for leaf in self.quantization.leaves()}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tensors = {leaf: getattr(self, leaf) for leaf in q.QUANTIZED_LEAVES if hasattr(self, leaf)}
-        y = quantized_matmul(x, tensors, self.quantization)
+        y = self.cpu_product(x) if self.uses_cpu_kernel(x) else \
+            F.linear(x, dequantize(self.tensors(), self.quantization, x.dtype))
         return y + self.bias if self.bias is not None else y
+
+    def uses_cpu_kernel(self, x: torch.Tensor) -> bool:
+        """Whether this call takes aten's CPU kernel: "auto" where it exists and x is bfloat16 (the
+        kernel's own precision), "cpu" always, even for float32 x (an error where it cannot run)."""
+        kernel = self.quantization.kernel
+        if kernel == "portable" or torch.compiler.is_compiling():
+            return False
+        reason = cpu_kernel_reason(self.quantization, self.out_features)
+        if x.device.type != "cpu":
+            reason = f"the input is on {x.device}, not the CPU"
+        if kernel == "cpu" and reason:
+            raise ConfigError(f"quantization kernel 'cpu' cannot run here: {reason}; use kernel 'auto' or 'portable'")
+        return reason is None and (kernel == "cpu" or x.dtype == torch.bfloat16)
+
+    def cpu_product(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ W.T by aten's CPU kernel, in bfloat16 (its vectorised dtype), returned in x's dtype."""
+        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+        operands = self.kernel_operands()
+        if self.quantization.bits == 8:
+            y = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, operands)
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, operands[0], self.quantization.group_size, operands[1])
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def kernel_operands(self) -> Any:
+        """The kernel's operands, built on first use and again whenever a stored tensor has changed."""
+        tensors = self.tensors()
+        versions = tuple(t._version for t in tensors.values()) + tuple(t.data_ptr() for t in tensors.values())
+        if self._kernel_cache is None or self._kernel_cache[0] != versions:
+            with torch.no_grad():
+                operands = (tensors["scales"][:, 0].to(torch.bfloat16) if self.quantization.bits == 8
+                            else int4_kernel_operands(tensors, self.quantization))
+            self._kernel_cache = (versions, operands)
+        return self._kernel_cache[1]
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.quantization.name}"
 
 
+class QuantizedEmbedding(nn.Module):
+    """nn.Embedding with quantized rows (a checkpoint that stores it so, e.g. GGUF): rows are
+    gathered, then dequantized; attend() is the tied language-model head's product."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, quantization: q.QuantizationConfig,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.quantization = num_embeddings, embedding_dim, quantization
+        self.dtype = dtype  # what rows dequantize to
+        register_quantized(self, num_embeddings, embedding_dim, quantization, dtype, device)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        rows = {leaf: getattr(self, leaf)[input_ids.reshape(-1)] for leaf in self.quantization.leaves()}
+        return dequantize(rows, self.quantization, self.dtype).reshape(*input_ids.shape, self.embedding_dim)
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, dequantize({leaf: getattr(self, leaf) for leaf in self.quantization.leaves()},
+                                      self.quantization, x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, {self.quantization.name}"
+
+
+class TiedQuantizedHead(nn.Module):
+    """The language-model head tied to a QuantizedEmbedding: its product, with no tensors of its own."""
+
+    def __init__(self, embedding: QuantizedEmbedding):
+        super().__init__()
+        self.embedding = [embedding]  # a list, so that the embedding is not registered twice
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embedding[0].attend(x)
+
+
+def register_quantized(module: nn.Module, out_features: int, in_features: int, quantization: q.QuantizationConfig,
+                       dtype: torch.dtype, device: torch.device | str | None) -> None:
+    """Register a quantized layer's tensors as buffers (scales in the config's scale dtype, else dtype)."""
+    for leaf, (shape, numpy_dtype) in quantization.tensor_specs(out_features, in_features, "float32").items():
+        if leaf in ("scales", "mins"):
+            tensor_dtype = getattr(torch, quantization.scale_dtype) if quantization.scale_dtype else dtype
+        else:
+            tensor_dtype = getattr(torch, numpy_dtype.name)
+        module.register_buffer(leaf, torch.zeros(shape, dtype=tensor_dtype, device=device))
+
+
+def fill_quantized(module: nn.Module, weight: Any, quantization: q.QuantizationConfig, name: str) -> None:
+    """Quantize a float weight (numpy reference) into a layer's buffers."""
+    for leaf, array in q.quantize(weight, quantization, weight.dtype, name).items():
+        getattr(module, leaf).copy_(to_torch(array))
+
+
 def quantize(model: nn.Module, quantization: str | q.QuantizationConfig = "int4", group_size: int | None = None,
-             symmetric: bool = True, modules: tuple[str, ...] | None = None) -> Any:
+             symmetric: bool = True, modules: tuple[str, ...] | None = None, zero_point_domain: str = "int") -> Any:
     """Quantize a loaded Llama* model in place (config and linear layers) and return it.
 
     The codes come from llama_shared.quantization's numpy reference, so both twins quantize a
     weight to the same integers; each float weight is dropped as its layer is replaced.
     """
-    settings = q.QuantizationConfig.create(quantization, group_size, symmetric, modules)
+    settings = q.QuantizationConfig.create(quantization, group_size, symmetric, modules, zero_point_domain)
     if getattr(model, "adapter_config", None) is not None:
         raise ConfigError("a model with a LoRA adapter cannot be quantized: quantize the base, then add the adapter")
     if q.config_quantization(model.config) is not None:
@@ -101,11 +216,35 @@ def quantize(model: nn.Module, quantization: str | q.QuantizationConfig = "int4"
     return model
 
 
+def use_kernel(model: nn.Module, kernel: str) -> nn.Module:
+    """Set how a quantized model's layers multiply (one of llama_shared.quantization.KERNELS) and return it."""
+    settings = q.config_quantization(model.config)
+    if settings is None:
+        raise ConfigError("the model is not quantized: there is no quantized kernel to choose")
+    settings = q.with_kernel(settings, kernel)
+    model.config = q.with_quantization(model.config, settings)
+    for module in model.modules():
+        if isinstance(module, (QuantizedLinear, QuantizedEmbedding)):
+            module.quantization = settings
+    return model
+
+
 def replace_linears(model: nn.Module, quantization: q.QuantizationConfig) -> None:
-    """Swap every nn.Linear that quantization targets for a QuantizedLinear (empty ones on the meta device)."""
+    """Swap every nn.Linear (and nn.Embedding) that quantization targets for its quantized layer
+    (empty ones on the meta device); a head tied to a quantized embedding becomes its product."""
     with torch.no_grad():
         for parent_name, parent in list(model.named_modules()):
             for name, child in list(parent.named_children()):
+                path = f"{parent_name}.{name}" if parent_name else name
                 if isinstance(child, nn.Linear) and quantization.quantizes(name, model.config):
-                    path = f"{parent_name}.{name}" if parent_name else name
                     setattr(parent, name, QuantizedLinear.from_linear(child, quantization, path))
+                elif isinstance(child, nn.Embedding) and quantization.quantizes(name, model.config):
+                    weight = child.weight
+                    embedding = QuantizedEmbedding(child.num_embeddings, child.embedding_dim, quantization,
+                                                   weight.dtype, weight.device)
+                    if weight.device.type != "meta":
+                        fill_quantized(embedding, to_numpy(weight), quantization, path)
+                    setattr(parent, name, embedding)
+        embedding = getattr(getattr(model, "model", None), "embed_tokens", None)
+        if isinstance(embedding, QuantizedEmbedding) and model.config.tie_word_embeddings and hasattr(model, "lm_head"):
+            model.lm_head = TiedQuantizedHead(embedding)

@@ -67,4 +67,7 @@ def tricky_text():
 
 QUANTIZATION_SETTINGS = {"int8": q.QuantizationConfig(8), "int8-zp": q.QuantizationConfig(8, symmetric=False),
                          "int4-g32": q.QuantizationConfig(4, 32), "int4-g128": q.QuantizationConfig(4, 128),
-                         "int4-g64-zp": q.QuantizationConfig(4, 64, symmetric=False)}
+                         "int4-g64-zp": q.QuantizationConfig(4, 64, symmetric=False),
+                         "int8-g32": q.QuantizationConfig(8, 32),
+                         "int4-g16": q.QuantizationConfig(4, 16),
+                         "int4-g32-fzp": q.QuantizationConfig(4, 32, symmetric=False, zero_point_domain="float")}

@@ -4,6 +4,7 @@ package's writer and quantizers)."""
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -78,3 +79,33 @@ def test_gguf_f32_equals_the_checkpoint_it_was_written_from(hf_checkpoint, gguf_
     with torch.no_grad():
         np.testing.assert_array_equal(original(torch.tensor(ids), torch.tensor(mask)).logits.numpy(),
                                       from_gguf(torch.tensor(ids), torch.tensor(mask)).logits.numpy())
+
+
+# ------------------------------------------------------------------------------------------------
+# Q8_0, Q4_0 and Q4_1 files load quantized: the blocks' codes and scales, not dequantized floats
+
+
+@pytest.mark.parametrize("tensor_type", ["Q8_0", "Q4_0", "Q4_1"])
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_quantized_gguf_loads_quantized_in_about_the_file_s_bytes(tensor_type, tied, gguf_folder):
+    from llama_shared.checkpoints.gguf import GGUFCheckpoint
+    from llama_torch.quantization import QuantizedEmbedding, QuantizedLinear
+
+    folder = gguf_folder(tensor_type, tied=tied)
+    ours = LlamaForCausalLM.from_pretrained(folder, gguf_file="model.gguf")
+    flax = FlaxLlamaForCausalLM.from_pretrained(folder, gguf_file="model.gguf")
+    settings = ours.config.extra["quantization_config"]
+    assert settings == flax.config.extra["quantization_config"]
+    assert settings["group_size"] == 32 and settings["scale_dtype"] == "float16"
+    assert settings["bits"] == (8 if tensor_type == "Q8_0" else 4) and settings["symmetric"] == (tensor_type != "Q4_1")
+    assert isinstance(ours.model.embed_tokens, QuantizedEmbedding)
+    assert isinstance(ours.model.layers[0].mlp.down_proj, QuantizedLinear) and ours.model.layers[0].mlp.down_proj.scales.dtype == torch.float16
+    file_bytes = sum(t.nbytes for t in GGUFCheckpoint(f"{folder}/model.gguf").tensors.values())
+    torch_bytes = sum(t.numel() * t.element_size() for t in ours.state_dict().values())
+    flax_bytes = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(flax.params))
+    assert torch_bytes == flax_bytes
+    assert abs(torch_bytes / file_bytes - 1) <= 0.05, (torch_bytes, file_bytes)
+    if tied:
+        expected, got_torch, got_flax = all_logits(folder)
+        np.testing.assert_allclose(got_torch, expected, rtol=0, atol=TOL)
+        np.testing.assert_allclose(got_flax, expected, rtol=0, atol=TOL)

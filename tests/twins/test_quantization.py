@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -207,6 +208,24 @@ def test_mean_kl_per_token_against_float_is_bounded(realistic, token_ids, float_
     assert kl["int8"] < kl["int4-g32"] < kl["int4-g128"]
 
 
+def test_demo_model_kl_per_token_is_bounded():
+    """The table of benchmarks/quant_kl.py (the trained demo model, torch twin), bounded from its
+    measurement on 2026-12-02 (147 tokens, float entropy 4.16 nats): int8 1e-5 nats; int4 symmetric
+    9.7e-4 (g16) to 1.23e-3 (g128); float zero points 6.1e-4 to 8.9e-4; the CPU kernel's bfloat16
+    compute adds nothing visible (int8 1e-5, int4-g32 1.00e-3). Bounds at about twice the measured
+    values; a broken format (wrong nibble order, scales on the wrong group) scores whole nats."""
+    from benchmarks.quant_kl import kl_table
+
+    table, entropy, _ = kl_table()
+    print(f"demo model KL per token vs float: {table}")
+    assert entropy > 3
+    assert table["int8"] < 5e-5 and table["int8, kernel cpu (bfloat16)"] < 5e-5
+    int4 = {label: kl for label, kl in table.items() if label.startswith("int4")}
+    assert all(1e-4 < kl < 2.5e-3 for kl in int4.values()), int4
+    assert table["int4-g32-fzp (no down_proj)"] < table["int4-g32 (no down_proj)"]
+    assert table["int4-g16"] < table["int4-g128 (no down_proj)"]
+
+
 def torch_parameter_bytes(model) -> int:
     tensors = {t.data_ptr(): t for t in model.state_dict().values()}
     return sum(t.numel() * t.element_size() for t in tensors.values())
@@ -233,7 +252,7 @@ def test_parameter_bytes_against_bfloat16(realistic):
 
 @pytest.mark.parametrize("cls", [LlamaForCausalLM, FlaxLlamaForCausalLM])
 def test_a_group_size_that_does_not_divide_the_input_dimension_is_refused(cls, hf_checkpoint):
-    with pytest.raises(ConfigError, match="group_size 128 does not divide the input dimension 64 of q_proj"):
+    with pytest.raises(ConfigError, match="group_size 128 does not divide the input width 64 of q_proj; group sizes that divide it: 16, 32, 64"):
         cls.from_pretrained(hf_checkpoint(), quantization="int4", group_size=128)
 
 
@@ -261,3 +280,58 @@ def test_a_config_that_disagrees_with_the_checkpoint_metadata_is_refused(int4_ch
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="config.json.* says float weights but the safetensors metadata says int4"):
         LlamaForCausalLM.from_pretrained(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernels
+
+
+@pytest.mark.parametrize("name", ["int8", "int4-g32", "int4-g64-zp", "int4-g32-fzp", "int8-g32", "int4-g16"])
+def test_cpu_kernels_agree_with_the_portable_product(name):
+    """Flax's blocked product is the portable one's float32 values summed in another order; torch's
+    aten kernels compute in bfloat16, so they agree to bfloat16's precision."""
+    settings = SETTINGS[name]
+    rng = np.random.default_rng(5)
+    weight, x = rng.standard_normal((64, 256)).astype(np.float32), rng.standard_normal((1, 3, 256)).astype(np.float32)
+    tensors = q.quantize(weight, settings)
+    portable = flax_quant.quantized_matmul(jnp.asarray(x), tensors, q.with_kernel(settings, "portable"))
+    blocked = flax_quant.quantized_matmul(jnp.asarray(x), tensors, q.with_kernel(settings, "cpu"))
+    np.testing.assert_allclose(np.asarray(blocked), np.asarray(portable), atol=1e-4, rtol=0)
+    layer = torch_quant.QuantizedLinear(256, 64, False, q.with_kernel(settings, "cpu"))
+    for leaf, array in tensors.items():
+        getattr(layer, leaf).copy_(torch.from_numpy(array))
+    if torch_quant.cpu_kernel_reason(settings, 64):
+        with pytest.raises(ConfigError, match="kernel 'cpu' cannot run here: .*aten's CPU"):
+            layer(torch.from_numpy(x))
+        return
+    with torch.no_grad():
+        kernel = layer(torch.from_numpy(x)).numpy()
+    assert np.abs(kernel - np.asarray(portable)).max() <= 0.02 * np.abs(np.asarray(portable)).max()
+
+
+def test_kernel_cpu_where_there_is_none_is_an_error_and_auto_falls_back():
+    settings = SETTINGS["int8"]
+    tensors = q.quantize(np.ones((40, 64), np.float32), settings)
+    x = jnp.ones((1, 64))
+    with pytest.raises(ConfigError, match="40 output rows are not a multiple of 32"):
+        flax_quant.quantized_matmul(x, tensors, q.with_kernel(settings, "cpu"))
+    expected = q.dequantize(tensors, settings).sum(1)
+    np.testing.assert_allclose(np.asarray(flax_quant.quantized_matmul(x, tensors, settings))[0], expected, rtol=1e-6)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                         num_attention_heads=2))
+    torch_quant.use_kernel(torch_quant.quantize(model, "int4", group_size=16), "cpu")
+    with pytest.raises(ConfigError, match="group sizes \\(32, 64, 128, 256\\)"):
+        model(torch.ones((1, 2), dtype=torch.long))
+    torch_quant.use_kernel(model, "auto")
+    assert model(torch.ones((1, 2), dtype=torch.long)).logits.shape == (1, 2, 64)
+
+
+def test_auto_takes_the_blocked_product_for_up_to_blocked_max_rows_rows_on_the_cpu():
+    settings = SETTINGS["int4-g32"]
+    tensors = {leaf: jnp.asarray(a) for leaf, a in q.quantize(np.ones((64, 64), np.float32), settings).items()}
+
+    def blocked(rows: int) -> bool:
+        jaxpr = jax.make_jaxpr(lambda x: flax_quant.quantized_matmul(x, tensors, settings))(jnp.ones((rows, 64)))
+        return "scan" in str(jaxpr)
+
+    assert blocked(1) and blocked(flax_quant.BLOCKED_MAX_ROWS) and not blocked(flax_quant.BLOCKED_MAX_ROWS + 1)

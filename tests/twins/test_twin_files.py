@@ -30,6 +30,8 @@ FLAX_SPELLING = {
     "LlamaForTokenClassificationModule": "LlamaForTokenClassification",
     "FlaxPreTrainedModel": "PreTrainedModel",
     "QuantizedDense": "QuantizedLinear",
+    "QuantizedEmbed": "QuantizedEmbedding",  # Flax's nn.Embed is torch's nn.Embedding
+    "quantized_params": "register_quantized",  # a layer's quantized tensors: Flax params, torch buffers
     "shard_params": "shard_model",  # Flax places a param tree; torch shards the model object in place
     "LoraDense": "LoraLinear",
     "LoraQuantizedDense": "LoraQuantizedLinear",
@@ -56,7 +58,14 @@ FLAX_ONLY = {
         "MSGPACK_FILE",  # transformers' old Flax weights file
         "host_param",  # host-side cast/transpose before device_put (shared with sharded loading)
     },
-    "quantization": {"Array"},
+    "quantization": {
+        "Array",
+        # The CPU kernel is written here (torch calls aten's): blocks of BLOCK_ROWS output rows, each
+        # dequantized in cache (affine; int4 split into its nibbles), taken for up to BLOCKED_MAX_ROWS rows ...
+        "BLOCK_ROWS", "BLOCKED_MAX_ROWS", "nibbles", "affine", "blocked_matmul",
+        # ... and the product is a function of the param tree (torch's QuantizedLinear.forward chooses)
+        "portable_matmul", "quantized_matmul",
+    },
     "parallel": {
         "DATA_AXIS_NAME", "pmap_forward", "pmap_train_step", "split_for_pmap",  # pmap: JAX's data parallelism
         "jit_forward", "jit_train_step",  # jit compiles for the mesh; a sharded torch model is called directly
@@ -75,7 +84,12 @@ TORCH_ONLY = {
         "cuda_graph_step", "frozen_cpu_step", "with_inductor_config",  # torch.compile'd decode steps
     },
     "loading": set(),
-    "quantization": {"replace_linears"},  # swaps nn.Linear after construction (Flax picks in linear())
+    "quantization": {
+        "replace_linears",  # swaps nn.Linear after construction (Flax picks in linear())
+        "fill_quantized",  # quantizes into a built layer's buffers (Flax's quantize builds the param tree)
+        "INT4_KERNEL_GROUP_SIZES", "INT4_KERNEL_ROWS", "int4_kernel_operands",  # aten's int4 kernel: its limits and packing
+        "TiedQuantizedHead",  # a module for the tied head (Flax's model calls the embedding's attend())
+    },
     "parallel": {
         "DEFAULT_TIMEOUT_S",  # torch.distributed collectives wait until a timeout; XLA's collectives have none to set
         "SPAWN_GRACE_S",  # how long spawned processes may take to report their errors
