@@ -132,3 +132,12 @@ def byte_level_bpe_json(vocab_size: int = 1200) -> str:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(english_ish_corpus(3000, seed=5) + _CODE * 20, trainer)
     return tokenizer.to_str()
+
+# Chat conversations for apply_chat_template comparisons: roles, spaces, unicode, special-token text.
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hello!"}],
+    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": " What is 2+2? "},
+     {"role": "assistant", "content": "4."}, {"role": "user", "content": "And 3+3?\n"}],
+    [{"role": "user", "content": "生活的真谛是 <s> 🙂 <|im_end|>"}, {"role": "assistant", "content": "  spaced  "},
+     {"role": "user", "content": "ok 12345"}],
+]

@@ -17,20 +17,13 @@ import pytest
 from llama_shared.errors import TokenizerError
 from llama_shared.tokenizers import AutoTokenizer, Llama3Tokenizer, LlamaTokenizer, LlamaTokenizerFast
 from llama_shared.tokenizers.fast import PreTrainedTokenizerFast
-from tests.tokenizer_files import CHATML_SPECIALS, CHATML_TEMPLATE, byte_level_bpe_json, tokenizer_corpus
+from tests.tokenizer_files import CHATML_SPECIALS, CHATML_TEMPLATE, CONVERSATIONS, byte_level_bpe_json, tokenizer_corpus
 
 transformers = pytest.importorskip("transformers")
 warnings.filterwarnings("ignore", message=".*legacy.*")
 
 CUSTOM_TEMPLATE = ("{% for message in messages %}{{ bos_token + '<' + message['role'] + '> ' + message['content'] "
                    "+ eos_token }}{% endfor %}{% if add_generation_prompt %}{{ '<assistant> ' }}{% endif %}")
-CONVERSATIONS = [
-    [{"role": "user", "content": "Hello!"}],
-    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": " What is 2+2? "},
-     {"role": "assistant", "content": "4."}, {"role": "user", "content": "And 3+3?\n"}],
-    [{"role": "user", "content": "生活的真谛是 <s> 🙂 <|im_end|>"}, {"role": "assistant", "content": "  spaced  "},
-     {"role": "user", "content": "ok 12345"}],
-]
 CHANGED = {"padding_side": "left", "add_eos_token": True, "chat_template": CUSTOM_TEMPLATE, "model_max_length": 64,
            "truncation_side": "left"}
 

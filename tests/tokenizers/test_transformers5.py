@@ -13,17 +13,10 @@ import pytest
 
 from llama_shared.tokenizers import AutoTokenizer
 from llama_shared.tokenizers.llama3 import LLAMA3_SPECIAL_TOKENS
-from tests.tokenizer_files import CHATML_SPECIALS, CHATML_TEMPLATE, byte_level_bpe_json, tokenizer_corpus
+from tests.tokenizer_files import CHATML_SPECIALS, CHATML_TEMPLATE, CONVERSATIONS, byte_level_bpe_json, tokenizer_corpus
 
 transformers = pytest.importorskip("transformers")
 
-CONVERSATIONS = [
-    [{"role": "user", "content": "Hello!"}],
-    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": " What is 2+2? "},
-     {"role": "assistant", "content": "4."}, {"role": "user", "content": "And 3+3?\n"}],
-    [{"role": "user", "content": "生活的真谛是 <s> 🙂 <|im_end|>"}, {"role": "assistant", "content": "  spaced  "},
-     {"role": "user", "content": "ok 12345"}],
-]
 LLAMA3_TEMPLATE = (
     "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
     "message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
