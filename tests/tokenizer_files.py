@@ -133,6 +133,7 @@ def byte_level_bpe_json(vocab_size: int = 1200) -> str:
     tokenizer.train_from_iterator(english_ish_corpus(3000, seed=5) + _CODE * 20, trainer)
     return tokenizer.to_str()
 
+
 # Chat conversations for apply_chat_template comparisons: roles, spaces, unicode, special-token text.
 CONVERSATIONS = [
     [{"role": "user", "content": "Hello!"}],
