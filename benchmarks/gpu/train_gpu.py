@@ -21,6 +21,7 @@ import os
 import sys
 import time
 import traceback
+from typing import Callable
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.92")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -50,7 +51,6 @@ STAGES = {
     "bf16_master32": dict(compute_dtype="bfloat16", master_dtype="float32", remat_policy="none"),
     "bf16_dots": dict(compute_dtype="bfloat16", master_dtype="bfloat16", remat_policy="dots_saveable"),
 }
-ONLY = [s for s in os.environ.get("ONLY", ",".join(STAGES)).split(",") if s]
 
 
 def step_flops(parameters: int) -> float:
@@ -66,6 +66,15 @@ def run_stage(name: str, settings: dict) -> dict:
     trainer = Trainer(model, config)
     state = trainer.init_state()
     model.params = None  # the state holds the only copy
+    figures = timed_steps(trainer, state)
+    flops = step_flops(parameters)
+    return {"params": parameters, **figures, "TFLOPs": round(flops / figures["s_per_step"] / 1e12, 1),
+            "MFU_vs_989": round(flops / figures["s_per_step"] / PEAK_FLOPS, 3)}
+
+
+def timed_steps(trainer: Trainer, state) -> dict:
+    """Compile (the first step), warm up, then the median of REPS steps on one random batch; the
+    state is consumed (donated) and freed."""
     ids = np.random.default_rng(0).integers(3, CONFIG.vocab_size, (BATCH, SEQ)).astype(np.int32)
     batch = {"input_ids": ids, "labels": ids}
     began = time.perf_counter()
@@ -82,36 +91,40 @@ def run_stage(name: str, settings: dict) -> dict:
         jax.block_until_ready((state, metrics))
         times.append(time.perf_counter() - began)
     seconds = float(np.median(times))
-    flops = step_flops(parameters)
     memory = jax.devices()[0].memory_stats() or {}
     del state
-    return {"params": parameters, "first_loss": round(first_loss, 4), "compile_s": round(compile_s, 1),
-            "s_per_step": round(seconds, 4), "tok_per_s": round(BATCH * SEQ / seconds),
-            "TFLOPs": round(flops / seconds / 1e12, 1), "MFU_vs_989": round(flops / seconds / PEAK_FLOPS, 3),
+    return {"first_loss": round(first_loss, 4), "compile_s": round(compile_s, 1), "s_per_step": round(seconds, 4),
+            "tok_per_s": round(BATCH * SEQ / seconds),
             "peak_mem_GiB": round(memory.get("peak_bytes_in_use", 0) / 2**30, 1)}
 
 
-def main() -> None:
+def run_stages(stages: dict, run: Callable[[str, dict], dict], json_name: str,
+               summarize: Callable[[dict], None] = lambda results: None) -> None:
+    """Run the ONLY stages in turn within DEADLINE (a failed stage is recorded, the next still runs);
+    print the results and write them to OUT/json_name."""
     print("jax", jax.__version__, jax.devices(), f"SIZE={SIZE} batch {BATCH} x {SEQ}", flush=True)
     results = {}
-    for name in ONLY:
+    for name in os.environ.get("ONLY", ",".join(stages)).split(","):
+        if not name:
+            continue
         left = DEADLINE - (time.time() - T0)
         if left < (90 if SIZE == "1b" else 5):
             print(f"[skip] {name}: {left:.0f}s left", flush=True)
             continue
         began = time.time()
         try:
-            results[name] = run_stage(name, STAGES[name])
+            results[name] = run(name, stages[name])
             print(f"[ok] {name} ({time.time() - began:.1f}s): {results[name]}", flush=True)
         except Exception as e:  # keep going: an out-of-memory stage must not hide the next
             results[name] = {"error": repr(e)[:300]}
             print(f"[fail] {name}: {e!r}"[:400], flush=True)
             traceback.print_exc(limit=3)
+    summarize(results)
     print("TOTAL_S", round(time.time() - T0, 1))
     print("RESULTS_JSON", json.dumps(results))
-    with open(os.path.join(OUT, "train_gpu.json"), "w") as f:
+    with open(os.path.join(OUT, json_name), "w") as f:
         json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":
-    main()
+    run_stages(STAGES, run_stage, "train_gpu.json")
