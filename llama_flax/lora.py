@@ -17,7 +17,6 @@ rsLoRA scaling, applies dropout whenever its rate is non-zero (inference include
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
@@ -154,9 +153,7 @@ class LoraMixin:
         leaves = sorted((hf_key(path)[0], value) for path, value in unrolled_leaves(params).items())
         tensors = ((key, np.asarray(jax.device_get(array if index is None else array[index])).T)
                    for key, (array, index) in leaves)
-        if adapter.base_model_name_or_path is None and getattr(self, "name_or_path", None):
-            adapter = dataclasses.replace(adapter, base_model_name_or_path=self.name_or_path)
-        lora.write_adapter(directory, adapter, tensors)
+        lora.write_adapter(directory, adapter, tensors, getattr(self, "name_or_path", None))
 
     def merge_adapter(self) -> None:
         """Fold the adapter into the base kernels (W + scaling * A B, in float32); the model then runs
@@ -164,12 +161,7 @@ class LoraMixin:
         adapter = self.adapter_config
         if adapter is None or self._merged is not None:
             raise ConfigError("the model has no unmerged adapter to merge")
-        if adapter.targets("lm_head") and self.config.tie_word_embeddings:
-            raise ConfigError("an adapter on a tied lm_head cannot be merged: the merged weight would change the "
-                              "input embeddings too")
-        if q.config_quantization(self.config) is not None:
-            raise ConfigError("an adapter cannot be merged into a quantized base (it would be requantized): load "
-                              "the float base with the adapter (from_pretrained(..., adapter=...)) and merge that")
+        lora.check_mergeable(adapter, self.config)
         adapter_params, base = lora.split_adapter(self.params)
         flat, updates, kept = flatten_tree(base), flatten_tree(adapter_params), {}
         for path, lora_a in updates.items():

@@ -30,7 +30,7 @@ from llama_shared.checkpoints import SafetensorsFile, SafetensorsWriter
 from llama_shared.config import LlamaConfig
 from llama_shared.errors import CheckpointError, ConfigError
 from llama_shared.naming import flatten_tree, unflatten_tree
-from llama_shared.quantization import DEFAULT_MODULES, QuantizationConfig, quantize
+from llama_shared.quantization import DEFAULT_MODULES, QuantizationConfig, config_quantization, quantize
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -326,10 +326,24 @@ def check_base_weight(key: str, stored: np.ndarray, actual: Mapping[str, np.ndar
                               f"the adapter was trained on")
 
 
-def write_adapter(directory: str | os.PathLike, config: LoraConfig, tensors: Iterable[tuple[str, np.ndarray]]) -> None:
+def check_mergeable(adapter: LoraConfig, config: LlamaConfig) -> None:
+    """Refuse a merge that would change more than the adapted layers or requantize the base."""
+    if adapter.targets("lm_head") and config.tie_word_embeddings:
+        raise ConfigError("an adapter on a tied lm_head cannot be merged: the merged weight would change the "
+                          "input embeddings too")
+    if config_quantization(config) is not None:
+        raise ConfigError("an adapter cannot be merged into a quantized base (it would be requantized): load "
+                          "the float base with the adapter (from_pretrained(..., adapter=...)) and merge that")
+
+
+def write_adapter(directory: str | os.PathLike, config: LoraConfig, tensors: Iterable[tuple[str, np.ndarray]],
+                  base_model_name_or_path: str | None = None) -> None:
     """Write adapter_config.json and adapter_model.safetensors (tensors by model state-dict key, PEFT's
     orientation) into directory, through a temporary folder beside it: existing adapter files are
-    never written over."""
+    never written over. base_model_name_or_path (where the model came from) fills the config's field
+    when it has none."""
+    if config.base_model_name_or_path is None and base_model_name_or_path:
+        config = replace(config, base_model_name_or_path=base_model_name_or_path)
     directory = os.fspath(directory)
     taken = [n for n in (CONFIG_FILE, WEIGHTS_FILE) if os.path.exists(os.path.join(directory, n))]
     if taken:

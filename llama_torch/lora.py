@@ -9,7 +9,6 @@ level). The layer adds scaling * B(A(dropout(x))) as PEFT's Linear does; dropout
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from typing import Any
@@ -134,9 +133,7 @@ class LoraMixin:
             raise ConfigError("the model has no adapter to save")
         tensors = sorted((key, to_numpy(value)) for key, value in self.state_dict().items()
                          if lora.is_adapter_path(key.split(".")))
-        if adapter.base_model_name_or_path is None and getattr(self, "name_or_path", None):
-            adapter = dataclasses.replace(adapter, base_model_name_or_path=self.name_or_path)
-        lora.write_adapter(directory, adapter, tensors)
+        lora.write_adapter(directory, adapter, tensors, getattr(self, "name_or_path", None))
 
     def merge_adapter(self) -> None:
         """Fold the adapter into the base weights (W + scaling * B A, in float32); the model then runs
@@ -145,12 +142,7 @@ class LoraMixin:
         layers = [layer for _, layer in self._lora_layers()]
         if adapter is None or layers[0].merged:
             raise ConfigError("the model has no unmerged adapter to merge")
-        if adapter.targets("lm_head") and self.config.tie_word_embeddings:
-            raise ConfigError("an adapter on a tied lm_head cannot be merged: the merged weight would change the "
-                              "input embeddings too")
-        if q.config_quantization(self.config) is not None:
-            raise ConfigError("an adapter cannot be merged into a quantized base (it would be requantized): load "
-                              "the float base with the adapter (from_pretrained(..., adapter=...)) and merge that")
+        lora.check_mergeable(adapter, self.config)
         with torch.no_grad():
             for layer in layers:
                 layer.unmerged_weight = layer.weight.detach().clone()

@@ -15,7 +15,7 @@ from llama_flax.scan import unstack_layers
 from llama_flax.training import TrainConfig, Trainer, token_batches
 from llama_shared import lora
 from llama_shared.lora import LoraConfig
-from tests.flax.test_training import EXACT, char_tokenizer, max_difference, padded_batch
+from tests.flax.test_training import EXACT, char_tokenizer, max_difference, padded_batch, reported_losses
 
 ADAPTER = LoraConfig(r=4, lora_alpha=8, target_modules=("q_proj", "v_proj", "o_proj", "down_proj", "lm_head"))
 
@@ -100,14 +100,13 @@ def test_cli_train_lora_writes_a_peft_folder_or_the_merged_model(model_dir, tmp_
     from llama_twin.cli import main
 
     tokenizer_dir = tmp_path / "tokenizer"
-    tokenizer_dir.mkdir()
     char_tokenizer(tokenizer_dir)
     text = tmp_path / "corpus.txt"
     text.write_text("The cat sat on the mat. The dog sat on the log.\n" * 60)
     common = [model_dir, str(text), "--tokenizer", str(tokenizer_dir), "--steps", "8", "--batch-size", "4",
               "--seq-len", "32", "--learning-rate", "1e-2", "--lora", "q_proj,v_proj", "--lora-rank", "4"]
     assert main(["train", *common, "--output", str(tmp_path / "adapter")]) == 0
-    first, last = (float(x) for x in capsys.readouterr().out.split("\nloss ")[-1].split(";")[0].split(" -> "))
+    first, last = reported_losses(capsys.readouterr().out)
     assert last < first
     assert {p.name for p in (tmp_path / "adapter").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors",
                                                                    "tokenizer.json"}

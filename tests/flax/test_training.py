@@ -148,9 +148,11 @@ def test_orbax_save_then_restore_resumes_bit_exactly(model, tmp_path):
 
 
 def char_tokenizer(directory) -> int:
-    """A character-level fast tokenizer small enough for the tiny model's 128-token vocabulary."""
+    """A character-level fast tokenizer small enough for the tiny model's 128-token vocabulary, in
+    directory (made if missing); returns its vocabulary size."""
     from tokenizers import Tokenizer, decoders, models
 
+    directory.mkdir(parents=True, exist_ok=True)
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
     for char in string.ascii_letters + string.digits + " .,;:!?'-\n":
         vocab[char] = len(vocab)
@@ -162,12 +164,17 @@ def char_tokenizer(directory) -> int:
     return len(vocab)
 
 
+def reported_losses(printed: str) -> tuple[float, float]:
+    """(first, last) of the "loss A -> B" line `llama-twin train` prints last."""
+    first, last = printed.split("\nloss ")[-1].split(";")[0].split(" -> ")
+    return float(first), float(last)
+
+
 def test_cli_train_logs_saves_and_resumes(model_dir, tmp_path, capsys):
     from llama_twin.cli import main
     from llama_shared.tokenizers import AutoTokenizer
 
     tokenizer_dir = tmp_path / "tokenizer"
-    tokenizer_dir.mkdir()
     char_tokenizer(tokenizer_dir)
     text = tmp_path / "corpus.txt"
     text.write_text("The cat sat on the mat. The dog sat on the log.\n" * 60)
@@ -176,7 +183,7 @@ def test_cli_train_logs_saves_and_resumes(model_dir, tmp_path, capsys):
     assert main(["train", *common, "--output", str(tmp_path / "out"), "--save-state", str(tmp_path / "state")]) == 0
     printed = capsys.readouterr().out
     assert "step 6 loss" in printed and "tokens/s" in printed
-    first, last = (float(x) for x in printed.split("\nloss ")[-1].split(";")[0].split(" -> "))
+    first, last = reported_losses(printed)
     assert last < first
 
     trained = FlaxLlamaForCausalLM.from_pretrained(tmp_path / "out")
@@ -227,13 +234,12 @@ def test_cli_train_packed_documents_with_scanned_layers(model_dir, tmp_path, cap
     from llama_twin.cli import main
 
     tokenizer_dir = tmp_path / "tokenizer"
-    tokenizer_dir.mkdir()
     char_tokenizer(tokenizer_dir)
     text = tmp_path / "corpus.txt"
     text.write_text("\n\n".join(["The cat sat on the mat.", "The dog sat on the log.", "A cat; a dog."] * 20))
     assert main(["train", model_dir, str(text), "--tokenizer", str(tokenizer_dir), "--steps", "6", "--batch-size",
                  "2", "--seq-len", "32", "--learning-rate", "3e-3", "--packed", "--scan-layers",
                  "--output", str(tmp_path / "out")]) == 0
-    first, last = (float(x) for x in capsys.readouterr().out.split("\nloss ")[-1].split(";")[0].split(" -> "))
+    first, last = reported_losses(capsys.readouterr().out)
     assert last < first
     assert sorted(Checkpoint(str(tmp_path / "out")).keys()) == sorted(Checkpoint(model_dir).keys())
