@@ -234,7 +234,7 @@ class GenerationMixin:
         return getattr(self, "generation_config", None) or GenerationConfig.from_model_config(self.config)
 
     def can_generate(self) -> bool:
-        return can_generate(type(self).__name__)
+        return can_generate(self.architecture)
 
     def generate(self, input_ids: Any, attention_mask: Any = None, *,
                  max_new_tokens: int | None = None, max_length: int | None = None,

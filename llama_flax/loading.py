@@ -107,6 +107,12 @@ class FlaxPreTrainedModel(GenerationMixin):
         arrays = {k: (jnp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in arrays.items() if v is not None}
         return _apply(self.module, self.params if params is None else params, arrays, tuple(sorted(static)))
 
+    @property
+    def architecture(self) -> str:
+        """The transformers class this model is (FlaxLlamaForCausalLM: LlamaForCausalLM), as checkpoints
+        and config.json's architectures name it."""
+        return type(self).__name__.removeprefix("Flax")
+
     def check_token_ids(self, input_ids: Any) -> None:
         """Raise if a token id is outside [0, vocab_size) (checked on the host before any jit)."""
         try:
@@ -184,8 +190,7 @@ class FlaxPreTrainedModel(GenerationMixin):
         the unrolled layout); by default it is read whole onto the default device (llama_flax.parallel
         places blocks on a mesh). A model with scanned layers gets the layers' params stacked.
         """
-        key_map = check_tensors(checkpoint_specs(checkpoint), self.config, type(self).__name__.removeprefix("Flax"),
-                                checkpoint.directory)
+        key_map = check_tensors(checkpoint_specs(checkpoint), self.config, self.architecture, checkpoint.directory)
         place = place or _read_whole
         shapes = self.param_shapes(unrolled=True)
         keys = {path: hf_key(path) for path in shapes}
@@ -226,7 +231,7 @@ class FlaxPreTrainedModel(GenerationMixin):
         flat = {hf_key(p)[0]: (p, array) for p, array in flatten_tree(state).items()}
         stored = {name: (tuple(reversed(a.shape)) if hf_key(p)[1] else tuple(a.shape), np.dtype(a.dtype))
                   for name, (p, a) in flat.items()}
-        key_map = check_tensors(stored, self.config, type(self).__name__.removeprefix("Flax"), path)
+        key_map = check_tensors(stored, self.config, self.architecture, path)
         out = {}
         for target in self.param_shapes(unrolled=True):
             source = key_map[hf_key(target)[0]]
@@ -246,8 +251,7 @@ class FlaxPreTrainedModel(GenerationMixin):
         dtype = next(np.dtype(leaf.dtype) for leaf in jax.tree_util.tree_leaves(self.params)
                      if jnp.issubdtype(leaf.dtype, jnp.floating))
         dtype_name = "bfloat16" if dtype == ml_dtypes.bfloat16 else dtype.name
-        torch_name = type(self).__name__.removeprefix("Flax")
-        self.config.replace(torch_dtype=dtype_name, architectures=[torch_name]).save_pretrained(directory)
+        self.config.replace(torch_dtype=dtype_name, architectures=[self.architecture]).save_pretrained(directory)
         entries = sorted((hf_key(path) + (path,) for path in flat), key=lambda e: hf_key_order(e[0]))
         shapes = {path: leaf.shape[1:] if index is not None else leaf.shape for path, (leaf, index) in flat.items()}
         specs = {name: ((tuple(reversed(shapes[path])) if transposed else tuple(shapes[path])),

@@ -326,5 +326,5 @@ def resolve_config(base: GenerationConfig, override: GenerationConfig | None, **
 
 
 def can_generate(class_name: str) -> bool:
-    """Only the causal-LM classes (torch LlamaForCausalLM, Flax FlaxLlamaForCausalLM) generate text."""
-    return class_name.removeprefix("Flax") == "LlamaForCausalLM"
+    """Only the causal-LM architecture (LlamaForCausalLM, in both twins) generates text."""
+    return class_name == "LlamaForCausalLM"
