@@ -9,7 +9,7 @@ after a warm-up, so every runner meets the same spells of load. Each quantized f
 as a ratio to the float32 model of the same twin, and to llama.cpp's file of the same bit width.
 
 Kernels: the torch twin's quantized layers run with kernel "cpu" (aten's weight-only kernels,
-bfloat16 inside); the Flax twin's with "auto" (the blocked product on the CPU, float32). llama.cpp
+bfloat16 inside); the Flax twin's with "auto" (llama_flax.native's C++ kernel, float32). llama.cpp
 loads weights as stored (use_extra_bufts=False): its repacked AMX/AVX512 layouts crash on this VM.
 
     python -m benchmarks.quant [--size small|tiny] [--new-tokens 64] [--passes 3] [--batches 1,8]

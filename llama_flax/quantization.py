@@ -4,17 +4,18 @@ A quantized layer sits where its nn.Dense sat (``q_proj/qweight``, ``q_proj/scal
 ``q_proj/zeros`` or ``q_proj/mins``, ``q_proj/bias``) and holds llama_shared.quantization's format,
 in Hugging Face's [out, in] orientation; a checkpoint that stores the embedding quantized (GGUF)
 gets a QuantizedEmbed. The portable product dequantizes the whole weight inside the jitted graph
-and multiplies (qwix's weight-only path does the same). XLA:CPU does not fuse the dequantization
-into the dot, so that writes and reads a float weight every step; for a few rows on the CPU the
-"auto" kernel instead walks the weight in blocks of BLOCK_ROWS output rows (a lax.map), each
-dequantized into a float block that stays in the core's cache and multiplied there, so memory
-holds only the integer weight. int4 blocks are split into their low and high nibbles, multiplied
-by the even and odd input columns, so the codes are never interleaved back. Same float32 values
-as the portable path; only the order of the sums differs.
+and multiplies (qwix's weight-only path does the same): on any backend, and differentiable.
+XLA:CPU does not fuse that dequantization into the dot, so it writes and reads a float weight
+every step; on the CPU the "auto" kernel instead calls llama_flax.native's C++ product (for up to
+its MAX_ROWS rows), which reads each code once and never writes a float weight. Same float32
+values as the portable path; only the order of the sums differs. Where the kernel cannot be built
+(no C++ compiler), "auto" warns once and takes the portable product; "cpu" is an error.
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
 from typing import Any
 
 import flax.linen as nn
@@ -22,31 +23,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llama_flax import native
 from llama_shared import quantization as q
 from llama_shared.errors import ConfigError
 from llama_shared.naming import flatten_tree, unflatten_tree
 
 Array = jax.Array
-# Output rows per block of the CPU kernel, and the most input rows "auto" gives it (a prompt of up to
-# 32 tokens included; more rows amortise a whole dequantized weight over a multi-core float product).
-BLOCK_ROWS = 32
-BLOCKED_MAX_ROWS = 32
 
 
 def unpack_int4(packed: Array) -> Array:
     """uint8 (out, in // 2) -> int8 codes (out, in): low nibble first, each stored as code + 8."""
-    low, high = nibbles(packed)
+    low, high = (packed & 15).astype(jnp.int8) - 8, (packed >> 4).astype(jnp.int8) - 8
     return jnp.stack([low, high], axis=-1).reshape(packed.shape[0], -1)
 
 
-def nibbles(packed: Array) -> tuple[Array, Array]:
-    """The codes of the even (low nibble) and odd (high nibble) input columns, int8."""
-    return (packed & 15).astype(jnp.int8) - 8, (packed >> 4).astype(jnp.int8) - 8
-
-
-def affine(codes: Array, tensors: dict[str, Array], quantization: q.QuantizationConfig, dtype: Any) -> Array:
-    """Codes (rows, columns) to values in dtype, the group scales spread evenly over the columns:
-    (code - zero) * scale, or (code - qmin) * scale + min."""
+def dequantize(tensors: dict[str, Array], quantization: q.QuantizationConfig, dtype: Any) -> Array:
+    """The (out, in) weight in dtype: (code - zero) * scale, or (code - qmin) * scale + min, per group."""
+    qweight = tensors["qweight"]
+    codes = qweight if quantization.bits == 8 else unpack_int4(qweight)
     scales = tensors["scales"].astype(dtype)[..., None]
     rows, columns = codes.shape
     grouped = codes.reshape(rows, scales.shape[1], -1).astype(dtype)
@@ -59,12 +53,6 @@ def affine(codes: Array, tensors: dict[str, Array], quantization: q.Quantization
     return values.reshape(rows, columns)
 
 
-def dequantize(tensors: dict[str, Array], quantization: q.QuantizationConfig, dtype: Any) -> Array:
-    """The (out, in) weight in dtype."""
-    qweight = tensors["qweight"]
-    return affine(qweight if quantization.bits == 8 else unpack_int4(qweight), tensors, quantization, dtype)
-
-
 def portable_matmul(x: Array, tensors: dict[str, Array], quantization: q.QuantizationConfig) -> Array:
     """x @ W.T with W dequantized whole; a per-channel symmetric scale multiplies the product instead of W."""
     contract = (((x.ndim - 1,), (1,)), ((), ()))
@@ -74,46 +62,63 @@ def portable_matmul(x: Array, tensors: dict[str, Array], quantization: q.Quantiz
     return jax.lax.dot_general(x, dequantize(tensors, quantization, x.dtype), contract)
 
 
-def blocked_matmul(x: Array, tensors: dict[str, Array], quantization: q.QuantizationConfig) -> Array:
-    """x @ W.T one block of BLOCK_ROWS output rows at a time, each block dequantized where it is used."""
-    rows = x.reshape(-1, x.shape[-1])
-    out_features = tensors["qweight"].shape[0]
-    blocks = {leaf: t.reshape(out_features // BLOCK_ROWS, BLOCK_ROWS, *t.shape[1:]) for leaf, t in tensors.items()}
-    if quantization.bits == 8:
-        def block_product(block: dict[str, Array]) -> Array:
-            return affine(block["qweight"], block, quantization, x.dtype) @ rows.T
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def native_matmul(x: Array, tensors: dict[str, Array], quantization: q.QuantizationConfig) -> Array:
+    """x @ W.T by llama_flax.native's C++ kernel, in float32; its derivatives are the portable product's.
+
+    The kernel reads a weight as code * scale + offset per group, so zero points become offsets:
+    -zero * scale, or min - qmin * scale (none for a symmetric layer).
+    """
+    rows = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
+    scales = tensors["scales"].astype(jnp.float32)
+    if "mins" in tensors:
+        offsets = tensors["mins"].astype(jnp.float32) - quantization.code_range[0] * scales
+    elif "zeros" in tensors:
+        offsets = -tensors["zeros"].astype(jnp.float32) * scales
     else:
-        even, odd = rows[:, 0::2].T, rows[:, 1::2].T
+        offsets = jnp.zeros((0,), jnp.float32)
+    out_features = tensors["qweight"].shape[0]
+    product = jax.ffi.ffi_call(native.TARGETS[quantization.bits][0],
+                               jax.ShapeDtypeStruct((rows.shape[0], out_features), jnp.float32))
+    y = product(rows, tensors["qweight"], scales, offsets)
+    return y.astype(x.dtype).reshape(*x.shape[:-1], out_features)
 
-        def block_product(block: dict[str, Array]) -> Array:
-            low, high = nibbles(block["qweight"])
-            return affine(low, block, quantization, x.dtype) @ even + affine(high, block, quantization, x.dtype) @ odd
-    products = jax.lax.map(block_product, blocks)
-    return products.reshape(out_features, -1).T.reshape(*x.shape[:-1], out_features)
+
+@native_matmul.defjvp
+def _native_matmul_jvp(quantization: q.QuantizationConfig, primals: tuple, tangents: tuple) -> tuple[Array, Array]:
+    tangent = jax.jvp(lambda x, tensors: portable_matmul(x, tensors, quantization), primals, tangents)[1]
+    return native_matmul(*primals, quantization), tangent
 
 
-def cpu_kernel_reason(out_features: int) -> str | None:
-    """Why the CPU kernel (the blocked product) cannot run this layer (None: it can)."""
+def cpu_kernel_reason(quantization: q.QuantizationConfig, in_features: int) -> str | None:
+    """Why the native CPU kernel cannot run this layer (None: it can)."""
     if jax.default_backend() != "cpu":
         return f"the backend is {jax.default_backend()}, not the CPU"
-    if out_features % BLOCK_ROWS:
-        return f"the layer's {out_features} output rows are not a multiple of {BLOCK_ROWS}"
-    return None
+    columns = quantization.group_size or in_features
+    if columns % native.GROUP_MULTIPLE:
+        return (f"{quantization.name}: the native kernel takes groups of a multiple of {native.GROUP_MULTIPLE} "
+                f"input columns, the layer's are {columns}")
+    return native.unavailable_reason()
 
 
 def quantized_matmul(x: Array, tensors: dict[str, Array], quantization: q.QuantizationConfig) -> Array:
-    """x @ W.T for the quantized W by the configured kernel: "auto" takes the blocked product on the
-    CPU for up to BLOCKED_MAX_ROWS rows, "cpu" always (an error where it cannot run)."""
+    """x @ W.T for the quantized W by the configured kernel: "auto" takes the native kernel on the CPU
+    for up to llama_flax.native.MAX_ROWS rows (warning once, then the portable product, where it cannot be built),
+    "cpu" always (an error where it cannot run), "portable" never."""
     if quantization.kernel == "portable":
         return portable_matmul(x, tensors, quantization)
-    reason = cpu_kernel_reason(tensors["qweight"].shape[0])
+    reason = cpu_kernel_reason(quantization, x.shape[-1])
     if quantization.kernel == "cpu":
         if reason:
             raise ConfigError(f"quantization kernel 'cpu' cannot run here: {reason}; use kernel 'auto' or 'portable'")
-        return blocked_matmul(x, tensors, quantization)
-    if reason or x.size // x.shape[-1] > BLOCKED_MAX_ROWS:
-        return portable_matmul(x, tensors, quantization)
-    return blocked_matmul(x, tensors, quantization)
+        return native_matmul(x, tensors, quantization)
+    if reason is None and x.size // x.shape[-1] <= native.MAX_ROWS:
+        return native_matmul(x, tensors, quantization)
+    if jax.default_backend() == "cpu" and native.unavailable_reason():
+        warnings.warn(f"llama-twin's native CPU kernel for quantized layers is unavailable "
+                      f"({native.unavailable_reason()}); quantized layers take the slower portable product",
+                      RuntimeWarning, stacklevel=2)
+    return portable_matmul(x, tensors, quantization)
 
 
 class QuantizedDense(nn.Module):

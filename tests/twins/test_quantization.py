@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from llama_flax import native as flax_native
 from llama_flax import quantization as flax_quant
 from llama_flax.modeling import FlaxLlamaForCausalLM
 from llama_shared import quantization as q
@@ -288,15 +290,15 @@ def test_a_config_that_disagrees_with_the_checkpoint_metadata_is_refused(int4_ch
 
 @pytest.mark.parametrize("name", ["int8", "int4-g32", "int4-g64-zp", "int4-g32-fzp", "int8-g32", "int4-g16"])
 def test_cpu_kernels_agree_with_the_portable_product(name):
-    """Flax's blocked product is the portable one's float32 values summed in another order; torch's
+    """Flax's native kernel is the portable product's float32 values summed in another order; torch's
     aten kernels compute in bfloat16, so they agree to bfloat16's precision."""
     settings = SETTINGS[name]
     rng = np.random.default_rng(5)
     weight, x = rng.standard_normal((64, 256)).astype(np.float32), rng.standard_normal((1, 3, 256)).astype(np.float32)
     tensors = q.quantize(weight, settings)
     portable = flax_quant.quantized_matmul(jnp.asarray(x), tensors, q.with_kernel(settings, "portable"))
-    blocked = flax_quant.quantized_matmul(jnp.asarray(x), tensors, q.with_kernel(settings, "cpu"))
-    np.testing.assert_allclose(np.asarray(blocked), np.asarray(portable), atol=1e-4, rtol=0)
+    native = flax_quant.quantized_matmul(jnp.asarray(x), tensors, q.with_kernel(settings, "cpu"))
+    np.testing.assert_allclose(np.asarray(native), np.asarray(portable), atol=1e-4, rtol=0)
     layer = torch_quant.QuantizedLinear(256, 64, False, q.with_kernel(settings, "cpu"))
     for leaf, array in tensors.items():
         getattr(layer, leaf).copy_(torch.from_numpy(array))
@@ -311,9 +313,9 @@ def test_cpu_kernels_agree_with_the_portable_product(name):
 
 def test_kernel_cpu_where_there_is_none_is_an_error_and_auto_falls_back():
     settings = SETTINGS["int8"]
-    tensors = q.quantize(np.ones((40, 64), np.float32), settings)
-    x = jnp.ones((1, 64))
-    with pytest.raises(ConfigError, match="40 output rows are not a multiple of 32"):
+    tensors = q.quantize(np.ones((40, 40), np.float32), settings)
+    x = jnp.ones((1, 40))
+    with pytest.raises(ConfigError, match="groups of a multiple of 16 input columns, the layer's are 40"):
         flax_quant.quantized_matmul(x, tensors, q.with_kernel(settings, "cpu"))
     expected = q.dequantize(tensors, settings).sum(1)
     np.testing.assert_allclose(np.asarray(flax_quant.quantized_matmul(x, tensors, settings))[0], expected, rtol=1e-6)
@@ -326,12 +328,56 @@ def test_kernel_cpu_where_there_is_none_is_an_error_and_auto_falls_back():
     assert model(torch.ones((1, 2), dtype=torch.long)).logits.shape == (1, 2, 64)
 
 
-def test_auto_takes_the_blocked_product_for_up_to_blocked_max_rows_rows_on_the_cpu():
+def test_without_the_native_kernel_cpu_is_an_error_and_auto_warns_and_takes_the_portable_product(monkeypatch):
+    settings = SETTINGS["int4-g32"]
+    tensors = q.quantize(np.random.default_rng(0).standard_normal((32, 64)).astype(np.float32), settings)
+    x = jnp.ones((1, 64))
+    monkeypatch.setattr(flax_native, "unavailable_reason", lambda: "no C++ compiler: 'c++' is not on the PATH")
+    with pytest.raises(ConfigError, match="kernel 'cpu' cannot run here: no C\\+\\+ compiler"):
+        flax_quant.quantized_matmul(x, tensors, q.with_kernel(settings, "cpu"))
+    with pytest.warns(RuntimeWarning, match="native CPU kernel .* unavailable \\(no C\\+\\+ compiler"):
+        fallback = flax_quant.quantized_matmul(x, tensors, settings)
+    np.testing.assert_allclose(np.asarray(fallback), np.asarray(x) @ q.dequantize(tensors, settings).T, rtol=1e-5)
+
+
+def test_a_failed_kernel_build_names_the_compiler_and_its_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("LLAMA_TWIN_CACHE", str(tmp_path))
+    with pytest.raises(flax_native.KernelBuildError, match="false .*xla_ffi.cc.* failed"):
+        flax_native.build(shutil.which("false"))
+    assert list((tmp_path / "kernels").iterdir()) == []  # no half-written library is left behind
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    with pytest.raises(flax_native.KernelBuildError, match="'no-such-compiler' is not on the PATH"):
+        flax_native.compiler()
+
+
+def test_auto_takes_the_native_kernel_for_up_to_native_max_rows_rows_on_the_cpu():
     settings = SETTINGS["int4-g32"]
     tensors = {leaf: jnp.asarray(a) for leaf, a in q.quantize(np.ones((64, 64), np.float32), settings).items()}
 
-    def blocked(rows: int) -> bool:
+    def native(rows: int) -> bool:
         jaxpr = jax.make_jaxpr(lambda x: flax_quant.quantized_matmul(x, tensors, settings))(jnp.ones((rows, 64)))
-        return "scan" in str(jaxpr)
+        return "ffi_call" in str(jaxpr)
 
-    assert blocked(1) and blocked(flax_quant.BLOCKED_MAX_ROWS) and not blocked(flax_quant.BLOCKED_MAX_ROWS + 1)
+    assert native(1) and native(flax_native.MAX_ROWS) and not native(flax_native.MAX_ROWS + 1)
+
+
+@pytest.mark.parametrize("name", ["int8", "int4-g32-fzp"])
+def test_the_native_kernel_differentiates_as_the_portable_product(name):
+    """QLoRA trains through a quantized base: gradients reach x (and the float scales) through the kernel."""
+    settings = SETTINGS[name]
+    rng = np.random.default_rng(1)
+    tensors = {leaf: jnp.asarray(a) for leaf, a in q.quantize(rng.standard_normal((32, 64)).astype(np.float32),
+                                                                settings).items()}
+    x = jnp.asarray(rng.standard_normal((3, 64)), jnp.float32)
+    cotangent = jnp.asarray(rng.standard_normal((3, 32)), jnp.float32)
+
+    def loss(kernel: str):
+        return lambda x, scales: jnp.vdot(cotangent, flax_quant.quantized_matmul(
+            x, {**tensors, "scales": scales}, q.with_kernel(settings, kernel)))
+
+    native = jax.grad(loss("cpu"), argnums=(0, 1))(x, tensors["scales"])
+    portable = jax.grad(loss("portable"), argnums=(0, 1))(x, tensors["scales"])
+    for a, b in zip(native, portable):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+    bfloat16 = flax_quant.quantized_matmul(x.astype(jnp.bfloat16), tensors, q.with_kernel(settings, "cpu"))
+    assert bfloat16.dtype == jnp.bfloat16

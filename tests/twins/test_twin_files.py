@@ -60,9 +60,9 @@ FLAX_ONLY = {
     },
     "quantization": {
         "Array",
-        # The CPU kernel is written here (torch calls aten's): blocks of BLOCK_ROWS output rows, each
-        # dequantized in cache (affine; int4 split into its nibbles), taken for up to BLOCKED_MAX_ROWS rows ...
-        "BLOCK_ROWS", "BLOCKED_MAX_ROWS", "nibbles", "affine", "blocked_matmul",
+        # The CPU kernel is llama_flax.native's C++ (torch calls aten's), its derivatives the portable
+        # product's ...
+        "native_matmul",
         # ... and the product is a function of the param tree (torch's QuantizedLinear.forward chooses)
         "portable_matmul", "quantized_matmul",
     },
