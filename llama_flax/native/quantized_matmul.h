@@ -26,7 +26,7 @@
 namespace llama_twin {
 
 constexpr int64_t ROWS_PER_TASK = 16;
-constexpr int ROW_GROUP = 4;  // output rows computed together for one input row
+constexpr int X_ROWS = 4;  // input rows multiplied together by one decoded weight row
 
 // Eight lanes in GCC / Clang vector extensions: AVX2 registers with -march=native on x86, two NEON
 // registers on ARM.
@@ -81,62 +81,40 @@ struct Layer {
   }
 };
 
-// sum(a * b) over n (a multiple of 2 * LANES) floats.
-inline float dot(const float* a, const float* b, int64_t n) {
-  f32x8 acc0 = {}, acc1 = {};
-  for (int64_t i = 0; i < n; i += 2 * LANES) {
-    acc0 += load(a + i) * load(b + i);
-    acc1 += load(a + i + LANES) * load(b + i + LANES);
-  }
-  return total(acc0 + acc1);
-}
-
-// Output rows o .. o + N - 1 for one input row: the N rows share each load of x, and their 2N
-// accumulators keep the FMA units busy. A group adds scale * sum(x * code) + offset * sum(x).
-template <int N>
-inline void rows_int8(const Layer& l, int64_t o, float* y) {
-  f32x8 acc[N] = {};
-  float offsets[N] = {};
+// Output row o for one input row: a group adds scale * sum(x * code) + offset * sum(x).
+inline float row_int8(const Layer& l, int64_t o) {
+  const uint8_t* codes = l.codes + o * l.in;
+  f32x8 acc = {};
+  float offsets = 0;
   for (int64_t g = 0; g < l.groups; ++g) {
-    f32x8 group_acc[N][2] = {};
+    f32x8 acc0 = {}, acc1 = {};
     for (int64_t i = g * l.group_size; i < (g + 1) * l.group_size; i += 2 * LANES) {
-      const f32x8 x0 = load(l.x + i), x1 = load(l.x + i + LANES);
-      for (int n = 0; n < N; ++n) {
-        const uint8_t* codes = l.codes + (o + n) * l.in + i;
-        group_acc[n][0] += x0 * to_float(widen_signed(codes));
-        group_acc[n][1] += x1 * to_float(widen_signed(codes + LANES));
-      }
+      acc0 += load(l.x + i) * to_float(widen_signed(codes + i));
+      acc1 += load(l.x + i + LANES) * to_float(widen_signed(codes + i + LANES));
     }
-    for (int n = 0; n < N; ++n) {
-      acc[n] += l.scales[(o + n) * l.groups + g] * (group_acc[n][0] + group_acc[n][1]);
-      offsets[n] += l.offset(o + n, g) * l.group_sums[g];
-    }
+    acc += l.scales[o * l.groups + g] * (acc0 + acc1);
+    offsets += l.offset(o, g) * l.group_sums[g];
   }
-  for (int n = 0; n < N; ++n) y[n] = total(acc[n]) + offsets[n];
+  return total(acc) + offsets;
 }
 
 // The same for int4: low nibbles meet the even columns (x[0, in / 2)), high ones the odd.
-template <int N>
-inline void rows_int4(const Layer& l, int64_t o, float* y) {
+inline float row_int4(const Layer& l, int64_t o) {
   const int64_t half = l.in / 2, group_bytes = l.group_size / 2;
-  f32x8 acc[N] = {};
-  float offsets[N] = {};
+  const uint8_t* bytes = l.codes + o * half;
+  f32x8 acc = {};
+  float offsets = 0;
   for (int64_t g = 0; g < l.groups; ++g) {
-    f32x8 group_acc[N][2] = {};
+    f32x8 acc0 = {}, acc1 = {};
     for (int64_t j = g * group_bytes; j < (g + 1) * group_bytes; j += LANES) {
-      const f32x8 even = load(l.x + j), odd = load(l.x + half + j);
-      for (int n = 0; n < N; ++n) {
-        const i32x8 b = widen_unsigned(l.codes + (o + n) * half + j);
-        group_acc[n][0] += even * to_float(b & 15);
-        group_acc[n][1] += odd * to_float(b >> 4);
-      }
+      const i32x8 b = widen_unsigned(bytes + j);
+      acc0 += load(l.x + j) * to_float(b & 15);
+      acc1 += load(l.x + half + j) * to_float(b >> 4);
     }
-    for (int n = 0; n < N; ++n) {
-      acc[n] += l.scales[(o + n) * l.groups + g] * (group_acc[n][0] + group_acc[n][1]);
-      offsets[n] += l.offset(o + n, g) * l.group_sums[g];
-    }
+    acc += l.scales[o * l.groups + g] * (acc0 + acc1);
+    offsets += l.offset(o, g) * l.group_sums[g];
   }
-  for (int n = 0; n < N; ++n) y[n] = total(acc[n]) + offsets[n];
+  return total(acc) + offsets;
 }
 
 // Output row o as float values, in x's column order (for int4 the split one), into w.
@@ -159,20 +137,30 @@ inline void decode_row(const Layer& l, int64_t o, float* w) {
   }
 }
 
+// y[r .. r + N - 1, o] from output row o's float values w: the N input rows share each load of w.
+template <int N>
+inline void dots(const Layer& l, const float* w, int64_t r, int64_t o) {
+  f32x8 acc[N] = {};
+  for (int64_t i = 0; i < l.in; i += LANES) {
+    const f32x8 weights = load(w + i);
+    for (int n = 0; n < N; ++n) acc[n] += load(l.x + (r + n) * l.in + i) * weights;
+  }
+  for (int n = 0; n < N; ++n) l.y[(r + n) * l.out + o] = total(acc[n]);
+}
+
 // Output rows [begin, end): one input row reads the codes straight into the product; more rows
-// decode each weight row once into a float buffer and take one float dot product per input row.
+// decode each weight row once into a float buffer, then multiply it by X_ROWS input rows at a time.
 inline void run_rows(const Layer& l, int64_t begin, int64_t end) {
   if (l.rows == 1) {
-    int64_t o = begin;
-    for (; o + ROW_GROUP <= end; o += ROW_GROUP)
-      l.bits == 8 ? rows_int8<ROW_GROUP>(l, o, l.y + o) : rows_int4<ROW_GROUP>(l, o, l.y + o);
-    for (; o < end; ++o) l.bits == 8 ? rows_int8<1>(l, o, l.y + o) : rows_int4<1>(l, o, l.y + o);
+    for (int64_t o = begin; o < end; ++o) l.y[o] = l.bits == 8 ? row_int8(l, o) : row_int4(l, o);
     return;
   }
   std::vector<float> w(l.in);
   for (int64_t o = begin; o < end; ++o) {
     decode_row(l, o, w.data());
-    for (int64_t r = 0; r < l.rows; ++r) l.y[r * l.out + o] = dot(l.x + r * l.in, w.data(), l.in);
+    int64_t r = 0;
+    for (; r + X_ROWS <= l.rows; r += X_ROWS) dots<X_ROWS>(l, w.data(), r, o);
+    for (; r < l.rows; ++r) dots<1>(l, w.data(), r, o);
   }
 }
 

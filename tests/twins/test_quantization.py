@@ -288,13 +288,15 @@ def test_a_config_that_disagrees_with_the_checkpoint_metadata_is_refused(int4_ch
 # Kernels
 
 
+@pytest.mark.parametrize("rows", [1, 5])
 @pytest.mark.parametrize("name", ["int8", "int4-g32", "int4-g64-zp", "int4-g32-fzp", "int8-g32", "int4-g16"])
-def test_cpu_kernels_agree_with_the_portable_product(name):
-    """Flax's native kernel is the portable product's float32 values summed in another order; torch's
-    aten kernels compute in bfloat16, so they agree to bfloat16's precision."""
+def test_cpu_kernels_agree_with_the_portable_product(name, rows):
+    """Flax's native kernel is the portable product's float32 values summed in another order (one
+    input row, and rows in fours plus a rest); torch's aten kernels compute in bfloat16, so they
+    agree to bfloat16's precision."""
     settings = SETTINGS[name]
     rng = np.random.default_rng(5)
-    weight, x = rng.standard_normal((64, 256)).astype(np.float32), rng.standard_normal((1, 3, 256)).astype(np.float32)
+    weight, x = rng.standard_normal((64, 256)).astype(np.float32), rng.standard_normal((1, rows, 256)).astype(np.float32)
     tensors = q.quantize(weight, settings)
     portable = flax_quant.quantized_matmul(jnp.asarray(x), tensors, q.with_kernel(settings, "portable"))
     native = flax_quant.quantized_matmul(jnp.asarray(x), tensors, q.with_kernel(settings, "cpu"))
