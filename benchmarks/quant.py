@@ -8,8 +8,8 @@ llama.cpp (llama-cpp-python) decodes. Every runner decodes greedily from the sam
 after a warm-up, so every runner meets the same spells of load. Each quantized figure is printed
 as a ratio to the float32 model of the same twin, and to llama.cpp's file of the same bit width.
 
-Kernels: the torch twin's quantized layers run with kernel "cpu" (aten's weight-only kernels,
-bfloat16 inside); the Flax twin's with "auto" (llama_flax.native's C++ kernel, float32). llama.cpp
+Kernels: the torch twin's quantized layers run with kernel "cpu", the Flax twin's with "auto": both
+take llama_shared.native's C++ kernel (float32) here. llama.cpp
 loads weights as stored (use_extra_bufts=False): its repacked AMX/AVX512 layouts crash on this VM.
 
     python -m benchmarks.quant [--size small|tiny] [--new-tokens 64] [--passes 3] [--batches 1,8]

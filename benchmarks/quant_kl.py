@@ -5,9 +5,8 @@ King James Bible) scores a fixed King-James-flavoured text in float32; each quan
 it too (torch twin, portable kernel: exact float32 compute, so the figure is the format's alone),
 and the table gives the mean over tokens of KL between the next-token distributions. 688 is
 divisible by 16 only, so settings with groups of 32 or more leave down_proj in float (marked
-"no down_proj"); g16 quantizes every layer. The last rows add the torch CPU kernel's bfloat16
-compute (kernel "cpu") to the int8 and int4-g32 formats. tests/twins/test_quantization.py bounds
-these figures.
+"no down_proj"); g16 quantizes every layer. (The CPU kernels compute the same float32 values in
+another order, so they add nothing to these figures.) tests/twins/test_quantization.py bounds them.
 
     python -m benchmarks.quant_kl
 """
@@ -33,17 +32,13 @@ TEXT = ("In the beginning God created the heaven and the earth. And the earth wa
 NO_DOWN = tuple(m for m in q.DEFAULT_MODULES if m != "down_proj")
 
 
-def settings() -> dict[str, tuple[q.QuantizationConfig, str]]:
-    """{row label: (settings, kernel)}."""
-    rows = {"int8": (q.QuantizationConfig(8), "portable"),
-            "int8-g32 (no down_proj)": (q.QuantizationConfig(8, 32, modules=NO_DOWN), "portable")}
+def settings() -> dict[str, q.QuantizationConfig]:
+    """{row label: settings}."""
+    rows = {"int8": q.QuantizationConfig(8), "int8-g32 (no down_proj)": q.QuantizationConfig(8, 32, modules=NO_DOWN)}
     for zero, kwargs in (("", {}), ("-fzp", dict(symmetric=False, zero_point_domain="float"))):
-        rows[f"int4-g16{zero}"] = (q.QuantizationConfig(4, 16, **kwargs), "portable")
+        rows[f"int4-g16{zero}"] = q.QuantizationConfig(4, 16, **kwargs)
         for group in (32, 64, 128):
-            rows[f"int4-g{group}{zero} (no down_proj)"] = (q.QuantizationConfig(4, group, modules=NO_DOWN, **kwargs),
-                                                          "portable")
-    rows["int8, kernel cpu (bfloat16)"] = (q.QuantizationConfig(8), "cpu")
-    rows["int4-g32 (no down_proj), kernel cpu (bfloat16)"] = (q.QuantizationConfig(4, 32, modules=NO_DOWN), "cpu")
+            rows[f"int4-g{group}{zero} (no down_proj)"] = q.QuantizationConfig(4, group, modules=NO_DOWN, **kwargs)
     return rows
 
 
@@ -59,8 +54,8 @@ def kl_table() -> tuple[dict[str, float], float, int]:
     with torch.no_grad():
         log_p = log_softmax(LlamaForCausalLM.from_pretrained(path)(ids).logits[0].numpy())
         table = {}
-        for label, (quantization, kernel) in settings().items():
-            model = torch_quant.use_kernel(LlamaForCausalLM.from_pretrained(path, quantization=quantization), kernel)
+        for label, quantization in settings().items():
+            model = torch_quant.use_kernel(LlamaForCausalLM.from_pretrained(path, quantization=quantization), "portable")
             log_q = log_softmax(model(ids).logits[0].numpy())
             table[label] = float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)))
     entropy = float(np.mean(-np.sum(np.exp(log_p) * log_p, axis=-1)))

@@ -6,8 +6,8 @@ in Hugging Face's [out, in] orientation; a checkpoint that stores the embedding 
 gets a QuantizedEmbed. The portable product dequantizes the whole weight inside the jitted graph
 and multiplies (qwix's weight-only path does the same): on any backend, and differentiable.
 XLA:CPU does not fuse that dequantization into the dot, so it writes and reads a float weight
-every step; on the CPU the "auto" kernel instead calls llama_flax.native's C++ product (for up to
-its MAX_ROWS rows), which reads each code once and never writes a float weight. Same float32
+every step; on the CPU the "auto" kernel instead calls llama_shared.native's C++ product (for up
+to its MAX_ROWS rows), which reads each code once and never writes a float weight. Same float32
 values as the portable path; only the order of the sums differs. Where the kernel cannot be built
 (no C++ compiler), "auto" warns once and takes the portable product; "cpu" is an error.
 """
@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llama_flax import native
+from llama_shared import native as shared_native
 from llama_shared import quantization as q
 from llama_shared.errors import ConfigError
 from llama_shared.naming import flatten_tree, unflatten_tree
@@ -64,18 +65,12 @@ def portable_matmul(x: Array, tensors: dict[str, Array], quantization: q.Quantiz
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def native_matmul(x: Array, tensors: dict[str, Array], quantization: q.QuantizationConfig) -> Array:
-    """x @ W.T by llama_flax.native's C++ kernel, in float32; its derivatives are the portable product's.
-
-    The kernel reads a weight as code * scale + offset per group, so zero points become offsets:
-    -zero * scale, or min - qmin * scale (none for a symmetric layer).
-    """
+    """x @ W.T by llama_shared.native's C++ kernel (llama_flax.native binds it), in float32; its
+    derivatives are the portable product's."""
     rows = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
     scales = tensors["scales"].astype(jnp.float32)
-    if "mins" in tensors:
-        offsets = tensors["mins"].astype(jnp.float32) - quantization.code_range[0] * scales
-    elif "zeros" in tensors:
-        offsets = -tensors["zeros"].astype(jnp.float32) * scales
-    else:
+    offsets = shared_native.kernel_offsets(tensors, scales, quantization.code_range[0])
+    if offsets is None:
         offsets = jnp.zeros((0,), jnp.float32)
     out_features = tensors["qweight"].shape[0]
     product = jax.ffi.ffi_call(native.TARGETS[quantization.bits][0],
@@ -94,16 +89,12 @@ def cpu_kernel_reason(quantization: q.QuantizationConfig, in_features: int) -> s
     """Why the native CPU kernel cannot run this layer (None: it can)."""
     if jax.default_backend() != "cpu":
         return f"the backend is {jax.default_backend()}, not the CPU"
-    columns = quantization.group_size or in_features
-    if columns % native.GROUP_MULTIPLE:
-        return (f"{quantization.name}: the native kernel takes groups of a multiple of {native.GROUP_MULTIPLE} "
-                f"input columns, the layer's are {columns}")
-    return native.unavailable_reason()
+    return shared_native.format_reason(quantization, in_features) or native.unavailable_reason()
 
 
 def quantized_matmul(x: Array, tensors: dict[str, Array], quantization: q.QuantizationConfig) -> Array:
     """x @ W.T for the quantized W by the configured kernel: "auto" takes the native kernel on the CPU
-    for up to llama_flax.native.MAX_ROWS rows (warning once, then the portable product, where it cannot be built),
+    for up to llama_shared.native.MAX_ROWS rows (warning once, then the portable product, where it cannot be built),
     "cpu" always (an error where it cannot run), "portable" never."""
     if quantization.kernel == "portable":
         return portable_matmul(x, tensors, quantization)
@@ -112,12 +103,10 @@ def quantized_matmul(x: Array, tensors: dict[str, Array], quantization: q.Quanti
         if reason:
             raise ConfigError(f"quantization kernel 'cpu' cannot run here: {reason}; use kernel 'auto' or 'portable'")
         return native_matmul(x, tensors, quantization)
-    if reason is None and x.size // x.shape[-1] <= native.MAX_ROWS:
+    if reason is None and x.size // x.shape[-1] <= shared_native.MAX_ROWS:
         return native_matmul(x, tensors, quantization)
     if jax.default_backend() == "cpu" and native.unavailable_reason():
-        warnings.warn(f"llama-twin's native CPU kernel for quantized layers is unavailable "
-                      f"({native.unavailable_reason()}); quantized layers take the slower portable product",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(shared_native.unavailable_warning(native.unavailable_reason()), RuntimeWarning, stacklevel=2)
     return portable_matmul(x, tensors, quantization)
 
 

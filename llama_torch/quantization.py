@@ -4,30 +4,28 @@ quantize() swaps each targeted nn.Linear for a QuantizedLinear whose state-dict 
 llama_shared.quantization's format (``q_proj.qweight``, ``.scales``, ``.zeros`` or ``.mins``,
 ``.bias``); a checkpoint that stores the embedding quantized (GGUF) gets a QuantizedEmbedding.
 The portable product dequantizes and multiplies in plain torch ops, on any device and under
-torch.compile. On the CPU, aten's weight-only kernels never materialise the float weight: ``_weight_int8pack_mm`` (int8, one scale per output channel) and
-``_weight_int4pack_mm_for_cpu`` (int4, groups of 32 to 128, any zero points, as tinygemm's
-(code + 8 - 8) * scale + zero). Both are vectorised for bfloat16 only (float32 inputs take a
-scalar loop several times slower than the float product), so they compute in bfloat16. The "auto"
-kernel takes them for bfloat16 inputs; kernel "cpu" takes them for float32 models too, rounding
-activations, scales and outputs to bfloat16 (docs/quantization.md measures what that costs).
+torch.compile. On the CPU the "auto" kernel instead calls llama_shared.native's C++ product (for
+up to its MAX_ROWS rows; llama_torch.native binds it), which reads each code once and never writes
+a float weight: the Flax twin's kernel, in float32. (aten's ``_weight_int8pack_mm`` and
+``_weight_int4pack_mm_for_cpu`` were slower in decoding and are vectorised for bfloat16 only:
+benchmarks/log/2026-12-02-quantization.md.) Where the kernel cannot be built (no C++ compiler),
+"auto" warns once and takes the portable product; "cpu" is an error.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llama_shared import native as shared_native
 from llama_shared import quantization as q
 from llama_shared.errors import ConfigError
+from llama_torch import native
 from llama_torch.tensors import to_numpy, to_torch
-
-# Group sizes and the output-row multiple that aten's CPU int4 kernel takes.
-INT4_KERNEL_GROUP_SIZES = (32, 64, 128, 256)
-INT4_KERNEL_ROWS = 16
-
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     """uint8 (out, in // 2) -> int8 codes (out, in): low nibble first, each stored as code + 8."""
@@ -50,37 +48,32 @@ def dequantize(tensors: dict[str, torch.Tensor], quantization: q.QuantizationCon
     return weight.reshape(out_features, in_features)
 
 
-def cpu_kernel_reason(quantization: q.QuantizationConfig, out_features: int) -> str | None:
-    """Why aten's CPU kernels cannot run this format (None: they can)."""
-    if quantization.bits == 8:
-        if quantization.group_size is not None or not quantization.symmetric:
-            return f"{quantization.name}: aten's CPU int8 kernel takes one symmetric scale per output channel"
-        return None
-    if quantization.group_size not in INT4_KERNEL_GROUP_SIZES:
-        return f"{quantization.name}: aten's CPU int4 kernel takes group sizes {INT4_KERNEL_GROUP_SIZES}"
-    if out_features % INT4_KERNEL_ROWS:
-        return f"aten's CPU int4 kernel needs a multiple of {INT4_KERNEL_ROWS} output rows, the layer has {out_features}"
-    return None
+def cpu_kernel_reason(quantization: q.QuantizationConfig, in_features: int) -> str | None:
+    """Why the native CPU kernel cannot run this layer (None: it can)."""
+    return shared_native.format_reason(quantization, in_features) or native.unavailable_reason()
 
 
-def int4_kernel_operands(tensors: dict[str, torch.Tensor],
-                         quantization: q.QuantizationConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(packed weight, scales_and_zeros) for _weight_int4pack_mm_for_cpu: tinygemm's layout, which
-    reads a weight as (nibble - 8) * scale + zero with nibble = code + 8 and a float zero per group."""
-    nibbles = unpack_int4(tensors["qweight"]).to(torch.int32) + 8
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(nibbles, 1)
-    scales = tensors["scales"].float()
-    if "mins" in tensors:
-        zero = tensors["mins"].float() + 8 * scales  # (code + 8) * s + min = code * s + (min + 8 s)
-    elif "zeros" in tensors:
-        zero = -tensors["zeros"].float() * scales
-    else:
-        zero = torch.zeros_like(scales)
-    return packed, torch.stack([scales.t(), zero.t()], dim=-1).to(torch.bfloat16).contiguous()
+class NativeProduct(torch.autograd.Function):
+    """x @ W.T by the native kernel; its derivative in x is the portable product's (QLoRA trains
+    through a quantized base)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, layer: "QuantizedLinear") -> torch.Tensor:
+        ctx.layer = layer
+        return layer.native_product(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        layer = ctx.layer
+        return grad @ dequantize(layer.tensors(), layer.quantization, grad.dtype), None
 
 
 class QuantizedLinear(nn.Module):
     """nn.Linear with a quantized weight: same place in the model, same call."""
+
+    # (versions of the stored tensors, the kernel's operands): a class default, so that subclasses
+    # built from an existing layer (LoraQuantizedLinear) start without operands too.
+    _kernel_cache: tuple[tuple[int, ...], Any] | None = None
 
     def __init__(self, in_features: int, out_features: int, bias: bool, quantization: q.QuantizationConfig,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
@@ -88,7 +81,6 @@ class QuantizedLinear(nn.Module):
         self.in_features, self.out_features, self.quantization = in_features, out_features, quantization
         register_quantized(self, out_features, in_features, quantization, dtype, device)
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
-        self._kernel_cache: tuple[tuple[int, ...], Any] | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, quantization: q.QuantizationConfig, name: str) -> "QuantizedLinear":
@@ -106,42 +98,49 @@ class QuantizedLinear(nn.Module):
         return {leaf: getattr(self, leaf) for leaf in self.quantization.leaves()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.cpu_product(x) if self.uses_cpu_kernel(x) else \
-            F.linear(x, dequantize(self.tensors(), self.quantization, x.dtype))
+        if not self.uses_cpu_kernel(x):
+            y = F.linear(x, dequantize(self.tensors(), self.quantization, x.dtype))
+        elif torch.is_grad_enabled() and x.requires_grad:
+            y = NativeProduct.apply(x, self)
+        else:
+            y = self.native_product(x)
         return y + self.bias if self.bias is not None else y
 
     def uses_cpu_kernel(self, x: torch.Tensor) -> bool:
-        """Whether this call takes aten's CPU kernel: "auto" where it exists and x is bfloat16 (the
-        kernel's own precision), "cpu" always, even for float32 x (an error where it cannot run)."""
+        """Whether this call takes the native CPU kernel: "auto" for up to llama_shared.native.MAX_ROWS
+        rows on the CPU (warning once where it cannot be built), "cpu" always (an error where it cannot run)."""
         kernel = self.quantization.kernel
         if kernel == "portable" or torch.compiler.is_compiling():
             return False
-        reason = cpu_kernel_reason(self.quantization, self.out_features)
-        if x.device.type != "cpu":
-            reason = f"the input is on {x.device}, not the CPU"
-        if kernel == "cpu" and reason:
-            raise ConfigError(f"quantization kernel 'cpu' cannot run here: {reason}; use kernel 'auto' or 'portable'")
-        return reason is None and (kernel == "cpu" or x.dtype == torch.bfloat16)
+        reason = (f"the input is on {x.device}, not the CPU" if x.device.type != "cpu"
+                  else cpu_kernel_reason(self.quantization, self.in_features))
+        if kernel == "cpu":
+            if reason:
+                raise ConfigError(f"quantization kernel 'cpu' cannot run here: {reason}; use kernel 'auto' or 'portable'")
+            return True
+        if reason is None:
+            return x.numel() // self.in_features <= shared_native.MAX_ROWS
+        if x.device.type == "cpu" and native.unavailable_reason():
+            warnings.warn(shared_native.unavailable_warning(native.unavailable_reason()), RuntimeWarning, stacklevel=3)
+        return False
 
-    def cpu_product(self, x: torch.Tensor) -> torch.Tensor:
-        """x @ W.T by aten's CPU kernel, in bfloat16 (its vectorised dtype), returned in x's dtype."""
-        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-        operands = self.kernel_operands()
-        if self.quantization.bits == 8:
-            y = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, operands)
-        else:
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, operands[0], self.quantization.group_size, operands[1])
+    def native_product(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ W.T by the native kernel, in float32, returned in x's dtype."""
+        rows = x.detach().reshape(-1, self.in_features).to(torch.float32).contiguous()
+        scales, offsets = self.kernel_operands()
+        y = native.quantized_matmul(self.quantization.bits, rows, self.qweight.contiguous(), scales, offsets)
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
-    def kernel_operands(self) -> Any:
-        """The kernel's operands, built on first use and again whenever a stored tensor has changed."""
+    def kernel_operands(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(float32 scales, offsets or None) for the kernel, built on first use and again whenever a
+        stored tensor has changed."""
         tensors = self.tensors()
         versions = tuple(t._version for t in tensors.values()) + tuple(t.data_ptr() for t in tensors.values())
         if self._kernel_cache is None or self._kernel_cache[0] != versions:
             with torch.no_grad():
-                operands = (tensors["scales"][:, 0].to(torch.bfloat16) if self.quantization.bits == 8
-                            else int4_kernel_operands(tensors, self.quantization))
-            self._kernel_cache = (versions, operands)
+                scales = tensors["scales"].float().contiguous()
+                offsets = shared_native.kernel_offsets(tensors, scales, self.quantization.code_range[0])
+                self._kernel_cache = (versions, (scales, None if offsets is None else offsets.contiguous()))
         return self._kernel_cache[1]
 
     def extra_repr(self) -> str:

@@ -1,4 +1,4 @@
-// quantized_matmul.h as XLA FFI handlers for the CPU, their helpers taken from
+// llama_shared/native/quantized_matmul.h as XLA FFI handlers for the CPU, their helpers taken from
 // XLA's intra-op thread pool (__init__.py builds and registers them).
 
 #include <functional>
@@ -24,8 +24,9 @@ ffi::Error quantized_matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::
   llama_twin::quantized_matmul(
       Bits, x.typed_data(), reinterpret_cast<const uint8_t*>(codes.typed_data()), scales.typed_data(),
       offsets.element_count() ? offsets.typed_data() : nullptr, y->typed_data(), rows, in, out, groups,
-      pool.num_threads() - 1, [&pool](int64_t count, auto task) {
-        for (int64_t h = 0; h < count; ++h) pool.Schedule(std::function<void()>(task));
+      pool.num_threads() - 1, [&pool](int64_t helpers, auto task) {
+        for (int64_t h = 0; h < helpers; ++h) pool.Schedule(std::function<void()>(task));
+        task();
       });
   return ffi::Error::Success();
 }

@@ -11,7 +11,8 @@ from tests.cases import QUANTIZATION_SETTINGS as SETTINGS
 
 
 def test_quantized_linear_runs_under_torch_compile():
-    settings = SETTINGS["int4-g32"]
+    """Compiled, a quantized layer takes the portable product (inductor fuses its dequantization)."""
+    settings = q.with_kernel(SETTINGS["int4-g32"], "portable")
     layer = torch_quant.QuantizedLinear(64, 64, True, settings)
     for leaf, array in q.quantize(np.random.default_rng(4).standard_normal((64, 64)).astype(np.float32),
                                   settings).items():

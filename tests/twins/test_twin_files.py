@@ -60,8 +60,8 @@ FLAX_ONLY = {
     },
     "quantization": {
         "Array",
-        # The CPU kernel is llama_flax.native's C++ (torch calls aten's), its derivatives the portable
-        # product's ...
+        # The native kernel's product with the portable product's derivatives: a custom_jvp function
+        # (torch's is the NativeProduct autograd Function) ...
         "native_matmul",
         # ... and the product is a function of the param tree (torch's QuantizedLinear.forward chooses)
         "portable_matmul", "quantized_matmul",
@@ -87,7 +87,7 @@ TORCH_ONLY = {
     "quantization": {
         "replace_linears",  # swaps nn.Linear after construction (Flax picks in linear())
         "fill_quantized",  # quantizes into a built layer's buffers (Flax's quantize builds the param tree)
-        "INT4_KERNEL_GROUP_SIZES", "INT4_KERNEL_ROWS", "int4_kernel_operands",  # aten's int4 kernel: its limits and packing
+        "NativeProduct",  # the native kernel's autograd Function (Flax's native_matmul is a custom_jvp)
         "TiedQuantizedHead",  # a module for the tied head (Flax's model calls the embedding's attend())
     },
     "parallel": {

@@ -1,4 +1,5 @@
-// Weight-only int8 / int4 products on the CPU (xla_ffi.cc binds them to XLA's FFI).
+// Weight-only int8 / int4 products on the CPU, for both twins: llama_flax/native/xla_ffi.cc binds
+// them to XLA's FFI, llama_torch/native/c_api.cc to a C function on an OpenMP team.
 //
 // y (rows, out) = x (rows, in) times the quantized W (out, in) of llama_shared.quantization's format,
 // in float32, without ever writing a dequantized weight: each thread walks its share of the output
@@ -81,40 +82,47 @@ struct Layer {
   }
 };
 
-// Output row o for one input row: a group adds scale * sum(x * code) + offset * sum(x).
+// sum over groups of offset * sum(x) for output row o and the first input row.
+inline float offset_sum(const Layer& l, int64_t o) {
+  float sum = 0;
+  if (l.offsets || l.bits == 4)
+    for (int64_t g = 0; g < l.groups; ++g) sum += l.offset(o, g) * l.group_sums[g];
+  return sum;
+}
+
+// Output row o for one input row: a group adds scale * sum(x * code); offset_sum adds the rest.
+// Four accumulators, so that the FMAs of one group do not wait on each other.
 inline float row_int8(const Layer& l, int64_t o) {
   const uint8_t* codes = l.codes + o * l.in;
   f32x8 acc = {};
-  float offsets = 0;
   for (int64_t g = 0; g < l.groups; ++g) {
-    f32x8 acc0 = {}, acc1 = {};
-    for (int64_t i = g * l.group_size; i < (g + 1) * l.group_size; i += 2 * LANES) {
-      acc0 += load(l.x + i) * to_float(widen_signed(codes + i));
-      acc1 += load(l.x + i + LANES) * to_float(widen_signed(codes + i + LANES));
-    }
-    acc += l.scales[o * l.groups + g] * (acc0 + acc1);
-    offsets += l.offset(o, g) * l.group_sums[g];
+    f32x8 part[4] = {};
+    int64_t i = g * l.group_size;
+    const int64_t end = i + l.group_size;
+    for (; i + 4 * LANES <= end; i += 4 * LANES)
+      for (int k = 0; k < 4; ++k) part[k] += load(l.x + i + k * LANES) * to_float(widen_signed(codes + i + k * LANES));
+    for (; i < end; i += LANES) part[0] += load(l.x + i) * to_float(widen_signed(codes + i));
+    acc += l.scales[o * l.groups + g] * ((part[0] + part[1]) + (part[2] + part[3]));
   }
-  return total(acc) + offsets;
+  return total(acc) + offset_sum(l, o);
 }
 
-// The same for int4: low nibbles meet the even columns (x[0, in / 2)), high ones the odd.
+// The same for int4: low nibbles meet the even columns (x[0, in / 2)), high ones the odd. (Four
+// accumulators were no faster here: unpacking the nibbles, not the FMAs' latency, bounds this loop.)
 inline float row_int4(const Layer& l, int64_t o) {
   const int64_t half = l.in / 2, group_bytes = l.group_size / 2;
   const uint8_t* bytes = l.codes + o * half;
   f32x8 acc = {};
-  float offsets = 0;
   for (int64_t g = 0; g < l.groups; ++g) {
-    f32x8 acc0 = {}, acc1 = {};
+    f32x8 even = {}, odd = {};
     for (int64_t j = g * group_bytes; j < (g + 1) * group_bytes; j += LANES) {
       const i32x8 b = widen_unsigned(bytes + j);
-      acc0 += load(l.x + j) * to_float(b & 15);
-      acc1 += load(l.x + half + j) * to_float(b >> 4);
+      even += load(l.x + j) * to_float(b & 15);
+      odd += load(l.x + half + j) * to_float(b >> 4);
     }
-    acc += l.scales[o * l.groups + g] * (acc0 + acc1);
-    offsets += l.offset(o, g) * l.group_sums[g];
+    acc += l.scales[o * l.groups + g] * (even + odd);
   }
-  return total(acc) + offsets;
+  return total(acc) + offset_sum(l, o);
 }
 
 // Output row o as float values, in x's column order (for int4 the split one), into w.
@@ -176,13 +184,14 @@ inline const char* shape_error(int bits, int64_t in, int64_t code_columns, int64
 }
 
 // y = x W^T for a layer whose shapes passed shape_error. Output rows go in tasks of ROWS_PER_TASK,
-// claimed from a shared counter by the calling thread and by up to `helpers` threads that
-// start_helpers(count, task) asks to run task(). The caller waits only for tasks already claimed,
-// so a helper that starts late (its thread busy elsewhere) finds nothing left and holds nothing up.
-template <typename StartHelpers>
+// claimed from a shared counter by every thread that runs task(): on_threads(helpers, task) runs
+// it on the calling thread and on up to `helpers` others (returning before they finish, or not).
+// The caller then waits only for tasks already claimed, so a helper that starts late (its thread
+// busy elsewhere) finds nothing left and holds nothing up.
+template <typename OnThreads>
 void quantized_matmul(int bits, const float* x, const uint8_t* codes, const float* scales, const float* offsets,
                       float* y, int64_t rows, int64_t in, int64_t out, int64_t groups, int64_t helpers,
-                      StartHelpers&& start_helpers) {
+                      OnThreads&& on_threads) {
   struct Work {
     Layer layer;
     int64_t tasks;
@@ -213,9 +222,7 @@ void quantized_matmul(int bits, const float* x, const uint8_t* codes, const floa
   work->layer = Layer{bits == 8 ? x : split.data(), codes, scales, offsets, sums.data(), y,
                       bits, rows, in, out, groups, group_size};
   work->tasks = (out + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
-  const int64_t count = std::min(helpers, work->tasks - 1);
-  if (count > 0) start_helpers(count, [work] { work->drain(); });
-  work->drain();
+  on_threads(std::max<int64_t>(0, std::min(helpers, work->tasks - 1)), [work] { work->drain(); });
   while (work->done.load(std::memory_order_acquire) < work->tasks) std::this_thread::yield();
 }
 
