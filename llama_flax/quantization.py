@@ -15,7 +15,6 @@ values as the portable path; only the order of the sums differs. Where the kerne
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import Any
 
 import flax.linen as nn
@@ -99,14 +98,9 @@ def quantized_matmul(x: Array, tensors: dict[str, Array], quantization: q.Quanti
     if quantization.kernel == "portable":
         return portable_matmul(x, tensors, quantization)
     reason = cpu_kernel_reason(quantization, x.shape[-1])
-    if quantization.kernel == "cpu":
-        if reason:
-            raise ConfigError(f"quantization kernel 'cpu' cannot run here: {reason}; use kernel 'auto' or 'portable'")
+    unavailable = native.unavailable_reason() if jax.default_backend() == "cpu" else None
+    if shared_native.takes_native(quantization.kernel, reason, x.size // x.shape[-1], unavailable):
         return native_matmul(x, tensors, quantization)
-    if reason is None and x.size // x.shape[-1] <= shared_native.MAX_ROWS:
-        return native_matmul(x, tensors, quantization)
-    if jax.default_backend() == "cpu" and native.unavailable_reason():
-        warnings.warn(shared_native.unavailable_warning(native.unavailable_reason()), RuntimeWarning, stacklevel=2)
     return portable_matmul(x, tensors, quantization)
 
 

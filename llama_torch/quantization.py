@@ -14,7 +14,6 @@ benchmarks/log/2026-12-02-quantization.md.) Where the kernel cannot be built (no
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
@@ -112,17 +111,11 @@ class QuantizedLinear(nn.Module):
         kernel = self.quantization.kernel
         if kernel == "portable" or torch.compiler.is_compiling():
             return False
-        reason = (f"the input is on {x.device}, not the CPU" if x.device.type != "cpu"
-                  else cpu_kernel_reason(self.quantization, self.in_features))
-        if kernel == "cpu":
-            if reason:
-                raise ConfigError(f"quantization kernel 'cpu' cannot run here: {reason}; use kernel 'auto' or 'portable'")
-            return True
-        if reason is None:
-            return x.numel() // self.in_features <= shared_native.MAX_ROWS
-        if x.device.type == "cpu" and native.unavailable_reason():
-            warnings.warn(shared_native.unavailable_warning(native.unavailable_reason()), RuntimeWarning, stacklevel=3)
-        return False
+        on_cpu = x.device.type == "cpu"
+        reason = cpu_kernel_reason(self.quantization, self.in_features) if on_cpu else \
+            f"the input is on {x.device}, not the CPU"
+        return shared_native.takes_native(kernel, reason, x.numel() // self.in_features,
+                                          native.unavailable_reason() if on_cpu else None)
 
     def native_product(self, x: torch.Tensor) -> torch.Tensor:
         """x @ W.T by the native kernel, in float32, returned in x's dtype."""

@@ -19,9 +19,12 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from llama_shared.errors import ConfigError
 
 FOLDER = Path(__file__).parent
 HEADER = FOLDER / "quantized_matmul.h"
@@ -116,7 +119,17 @@ def kernel_offsets(tensors: dict[str, Any], scales: Any, code_min: int) -> Any |
     return None
 
 
-def unavailable_warning(reason: str) -> str:
-    """The one-time warning of a twin whose "auto" kernel falls back to the portable product."""
-    return (f"llama-twin's native CPU kernel for quantized layers is unavailable ({reason}); quantized "
-            f"layers take the slower portable product")
+def takes_native(kernel: str, reason: str | None, rows: int, unavailable: str | None) -> bool:
+    """Both twins' choice for one call: kernel "cpu" always takes the native product (ConfigError with
+    the reason where it cannot run); "auto" takes it for up to MAX_ROWS rows where it can run, and
+    warns once, naming why, when it falls back on a CPU where it could not be built (unavailable)."""
+    if kernel == "cpu":
+        if reason:
+            raise ConfigError(f"quantization kernel 'cpu' cannot run here: {reason}; use kernel 'auto' or 'portable'")
+        return True
+    if reason is None:
+        return rows <= MAX_ROWS
+    if unavailable:
+        warnings.warn(f"llama-twin's native CPU kernel for quantized layers is unavailable ({unavailable}); "
+                      f"quantized layers take the slower portable product", RuntimeWarning, stacklevel=4)
+    return False
