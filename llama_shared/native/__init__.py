@@ -28,7 +28,8 @@ from llama_shared.errors import ConfigError
 
 FOLDER = Path(__file__).parent
 HEADER = FOLDER / "quantized_matmul.h"
-# quantized_matmul.h's GROUP_MULTIPLE: a group's columns are read 16 at a time (8 bytes of nibbles).
+# quantized_matmul.h's GROUP_MULTIPLE: int8 codes are read 16 columns at a time (int4 groups, 16 / 32 / 64 / 128
+# columns, all fit its steps).
 GROUP_MULTIPLE = 16
 # The most input rows either twin's "auto" kernel gives the native product (a prompt of up to 32
 # tokens included): more rows amortise a whole dequantized weight over the framework's float product.

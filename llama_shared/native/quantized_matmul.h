@@ -2,18 +2,24 @@
 // them to XLA's FFI, llama_torch/native/c_api.cc to a C function on an OpenMP team.
 //
 // y (rows, out) = x (rows, in) times the quantized W (out, in) of llama_shared.quantization's format,
-// in float32, without ever writing a dequantized weight: each thread walks its share of the output
-// rows, reading the codes once. A weight is code * scale + offset per group of input columns, the
-// offset being -zero * scale, or min - qmin * scale for float zero points (computed by the caller);
-// so a group adds scale * sum(x * code) + offset * sum(x). int4 codes are read as their unsigned
-// nibbles (code + 8): their offset gains -8 * scale, and the low / high nibbles meet the even / odd
-// input columns, which the call splits once. Loops over LANES floats vectorise as written
-// (-O3 -march=native); the sums are float32 in another order than the portable product's.
+// without ever writing a dequantized weight: each thread walks its share of the output rows, reading
+// the codes once. A weight is code * scale + offset per group of input columns, the offset being
+// -zero * scale, or min - qmin * scale for float zero points (computed by the caller); so a group
+// adds scale * sum(x * code) + offset * sum(x), the sums of x taken in float32. int4 codes are read
+// as their unsigned nibbles (code + 8), their offset gaining -8 * scale.
+//
+// One input row (decoding) multiplies the codes in integer SIMD: x is rounded to int16 in blocks of
+// X_BLOCK columns (llama_shared.quantization.round_activations is the numpy reference), the codes
+// meet it in vpmaddwd's int32 sums, and each sum is scaled once by its weight group's scale times
+// its block's. Several input rows decode each weight row to float32 once and share it.
+// Loops over LANES floats vectorise as written (-O3 -march=native).
 
 #pragma once
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <limits>
 #include <cstring>
 #include <cstdint>
 #include <memory>
@@ -28,6 +34,9 @@ namespace llama_twin {
 
 constexpr int64_t ROWS_PER_TASK = 16;
 constexpr int X_ROWS = 4;  // input rows multiplied together by one decoded weight row
+constexpr int64_t X_BLOCK = 32;      // columns of x rounded to int16 with one scale (one input row)
+constexpr float X_LEVELS = 32767;    // the block's largest |x| becomes +-X_LEVELS
+constexpr int64_t NIBBLE_STEP = 64;  // int4 columns per 32-byte load: 16 words of four nibbles
 
 // Eight lanes in GCC / Clang vector extensions: AVX2 registers with -march=native on x86, two NEON
 // registers on ARM.
@@ -35,8 +44,11 @@ typedef float f32x8 __attribute__((vector_size(32)));
 typedef int8_t i8x8 __attribute__((vector_size(8)));
 typedef uint8_t u8x8 __attribute__((vector_size(8)));
 typedef int32_t i32x8 __attribute__((vector_size(32)));
+typedef int16_t i16x16 __attribute__((vector_size(32)));
+typedef uint16_t u16x16 __attribute__((vector_size(32)));
+typedef int8_t i8x16 __attribute__((vector_size(16)));
 constexpr int64_t LANES = 8;
-constexpr int64_t GROUP_MULTIPLE = 2 * LANES;  // columns: 16 codes per int8 step, 8 bytes per int4 one
+constexpr int64_t GROUP_MULTIPLE = 2 * LANES;  // columns: int8 codes are read 16 at a time
 
 inline f32x8 load(const float* p) { f32x8 v; std::memcpy(&v, p, sizeof v); return v; }
 inline void store(float* p, f32x8 v) { std::memcpy(p, &v, sizeof v); }
@@ -61,6 +73,28 @@ inline i32x8 widen_unsigned(const uint8_t* p) {
 #endif
 }
 inline f32x8 to_float(i32x8 v) { return __builtin_convertvector(v, f32x8); }
+template <typename V>
+inline V load_as(const void* p) { V v; std::memcpy(&v, p, sizeof v); return v; }
+// Sixteen int8 codes widened to int16 lanes (vpmovsxbw).
+inline i16x16 widen_to_words(const uint8_t* p) {
+#if defined(__AVX2__)
+  return i16x16(_mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#else
+  return __builtin_convertvector(load_as<i8x16>(p), i16x16);
+#endif
+}
+// Products of int16 lanes summed in adjacent pairs into int32 lanes (vpmaddwd).
+inline i32x8 multiply_pairs(i16x16 a, i16x16 b) {
+#if defined(__AVX2__)
+  return i32x8(_mm256_madd_epi16(__m256i(a), __m256i(b)));
+#else
+  const i32x8 ea = __builtin_convertvector(__builtin_shufflevector(a, a, 0, 2, 4, 6, 8, 10, 12, 14), i32x8);
+  const i32x8 oa = __builtin_convertvector(__builtin_shufflevector(a, a, 1, 3, 5, 7, 9, 11, 13, 15), i32x8);
+  const i32x8 eb = __builtin_convertvector(__builtin_shufflevector(b, b, 0, 2, 4, 6, 8, 10, 12, 14), i32x8);
+  const i32x8 ob = __builtin_convertvector(__builtin_shufflevector(b, b, 1, 3, 5, 7, 9, 11, 13, 15), i32x8);
+  return ea * eb + oa * ob;
+#endif
+}
 inline float total(f32x8 v) {
   float sum = 0;
   for (int k = 0; k < LANES; ++k) sum += v[k];
@@ -76,6 +110,12 @@ struct Layer {
   const float* group_sums;  // (rows, groups): sum of x over each group's columns
   float* y;                 // (rows, out)
   int64_t bits, rows, in, out, groups, group_size;
+  // One input row, rounded: x ~ x_codes * x_scales[column / X_BLOCK]. For int4 each full NIBBLE_STEP
+  // of x_codes lists the columns in the order of nibble_products' four nibble positions, and
+  // lane_x_scales holds the x scale of each of its int32 lanes (8 columns apiece).
+  const int16_t* x_codes;
+  const float* x_scales;
+  const float* lane_x_scales;
 
   float offset(int64_t o, int64_t g) const {  // of the stored code, for int4 the nibble (code + 8)
     return (offsets ? offsets[o * groups + g] : 0.0f) - (bits == 4 ? 8.0f * scales[o * groups + g] : 0.0f);
@@ -90,39 +130,107 @@ inline float offset_sum(const Layer& l, int64_t o) {
   return sum;
 }
 
-// Output row o for one input row: a group adds scale * sum(x * code); offset_sum adds the rest.
-// Four accumulators, so that the FMAs of one group do not wait on each other.
+// The group of column c, for columns visited in increasing order (no division in the loops).
+class GroupCursor {
+ public:
+  explicit GroupCursor(int64_t group_size) : size_(group_size), end_(group_size) {}
+  int64_t operator()(int64_t c) {
+    while (c >= end_) ++group_, end_ += size_;
+    return group_;
+  }
+
+ private:
+  int64_t size_, end_, group_ = 0;
+};
+
+// Output row o for one input row, int8: an X_BLOCK's int32 sums at a time (two blocks per turn, into
+// two accumulators), scaled by the weight group's scale times x's. Groups that end mid-block (16, 48,
+// ... columns) take sixteen columns at a time instead.
 inline float row_int8(const Layer& l, int64_t o) {
   const uint8_t* codes = l.codes + o * l.in;
-  f32x8 acc = {};
-  for (int64_t g = 0; g < l.groups; ++g) {
-    f32x8 part[4] = {};
-    int64_t i = g * l.group_size;
-    const int64_t end = i + l.group_size;
-    for (; i + 4 * LANES <= end; i += 4 * LANES)
-      for (int k = 0; k < 4; ++k) part[k] += load(l.x + i + k * LANES) * to_float(widen_signed(codes + i + k * LANES));
-    for (; i < end; i += LANES) part[0] += load(l.x + i) * to_float(widen_signed(codes + i));
-    acc += l.scales[o * l.groups + g] * ((part[0] + part[1]) + (part[2] + part[3]));
+  const float* scales = l.scales + o * l.groups;
+  GroupCursor group(l.group_size);
+  auto sixteen = [&](int64_t c) { return multiply_pairs(widen_to_words(codes + c), load_as<i16x16>(l.x_codes + c)); };
+  f32x8 even = {}, odd = {};
+  if (l.group_size % X_BLOCK) {
+    for (int64_t c = 0; c < l.in; c += 16) even += to_float(sixteen(c)) * (scales[group(c)] * l.x_scales[c / X_BLOCK]);
+    return total(even) + offset_sum(l, o);
   }
-  return total(acc) + offset_sum(l, o);
+  auto block = [&](int64_t c) {
+    return to_float(sixteen(c) + sixteen(c + 16)) * (scales[group(c)] * l.x_scales[c / X_BLOCK]);
+  };
+  int64_t c = 0;
+  for (; c + 2 * X_BLOCK <= l.in; c += 2 * X_BLOCK) {
+    even += block(c);
+    odd += block(c + X_BLOCK);
+  }
+  if (c < l.in) even += block(c);
+  return total(even + odd) + offset_sum(l, o);
 }
 
-// The same for int4: low nibbles meet the even columns (x[0, in / 2)), high ones the odd. (Four
-// accumulators were no faster here: unpacking the nibbles, not the FMAs' latency, bounds this loop.)
-inline float row_int4(const Layer& l, int64_t o) {
-  const int64_t half = l.in / 2, group_bytes = l.group_size / 2;
-  const uint8_t* bytes = l.codes + o * half;
-  f32x8 acc = {};
-  for (int64_t g = 0; g < l.groups; ++g) {
-    f32x8 even = {}, odd = {};
-    for (int64_t j = g * group_bytes; j < (g + 1) * group_bytes; j += LANES) {
-      const i32x8 b = widen_unsigned(bytes + j);
-      even += load(l.x + j) * to_float(b & 15);
-      odd += load(l.x + half + j) * to_float(b >> 4);
-    }
-    acc += l.scales[o * l.groups + g] * (even + odd);
+// The 16 int32 lanes' worth of one NIBBLE_STEP: its 32 bytes read as 16 words, nibble k of word w
+// being column 4w + k, meet x_codes' four runs of 16 (one per nibble position) in vpmaddwd; lane i
+// sums columns [8i, 8i + 8).
+inline i32x8 nibble_products(const uint8_t* bytes, const int16_t* x) {
+  const u16x16 words = load_as<u16x16>(bytes);
+  return (multiply_pairs(i16x16(words & 15), load_as<i16x16>(x)) +
+          multiply_pairs(i16x16((words >> 4) & 15), load_as<i16x16>(x + 16))) +
+         (multiply_pairs(i16x16((words >> 8) & 15), load_as<i16x16>(x + 32)) +
+          multiply_pairs(i16x16(words >> 12), load_as<i16x16>(x + 48)));
+}
+
+// The weight scale of each lane of the NIBBLE_STEP at column c. GROUP: the group size when it is 16
+// or 32 (on AVX2, lanes spread from one load by vpermps), else 0: groups span whole steps.
+template <int GROUP>
+inline f32x8 lane_scales(const float* scales, int64_t c, GroupCursor& group) {
+#if defined(__AVX2__)
+  if constexpr (GROUP == 16)
+    return f32x8(_mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(scales + c / 16)),
+                                          _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3)));
+  if constexpr (GROUP == 32)
+    return f32x8(_mm256_permutevar8x32_ps(
+        _mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(scales + c / 32)))),
+        _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1)));
+#endif
+  if constexpr (GROUP == 0) {
+    return f32x8{} + scales[group(c)];
+  } else {
+    f32x8 lanes;
+    for (int i = 0; i < LANES; ++i) lanes[i] = scales[(c + 8 * i) / GROUP];
+    return lanes;
   }
-  return total(acc) + offset_sum(l, o);
+}
+
+// Output row o for one input row, int4: NIBBLE_STEP columns of int32 sums at a time (two steps per
+// turn, into two accumulators), each lane scaled by its weight group's scale times x's; a last 16 to
+// 48 columns one by one.
+template <int GROUP>
+inline float row_int4(const Layer& l, int64_t o) {
+  const uint8_t* bytes = l.codes + o * (l.in / 2);
+  const float* scales = l.scales + o * l.groups;
+  GroupCursor group(l.group_size);
+  auto step = [&](int64_t c) {
+    const f32x8 lane_scale = lane_scales<GROUP>(scales, c, group) * load(l.lane_x_scales + c / LANES);
+    return to_float(nibble_products(bytes + c / 2, l.x_codes + c)) * lane_scale;
+  };
+  f32x8 even = {}, odd = {};
+  int64_t c = 0;
+  for (; c + 2 * NIBBLE_STEP <= l.in; c += 2 * NIBBLE_STEP) {
+    even += step(c);
+    odd += step(c + NIBBLE_STEP);
+  }
+  if (c + NIBBLE_STEP <= l.in) even += step(c), c += NIBBLE_STEP;
+  float rest = 0;
+  for (; c < l.in; ++c)
+    rest += float(((bytes[c / 2] >> (4 * (c & 1))) & 15) * l.x_codes[c]) * (scales[group(c)] * l.x_scales[c / X_BLOCK]);
+  return total(even + odd) + rest + offset_sum(l, o);
+}
+
+// The one-row product for this layer's code width and group size.
+inline float (*row_product(const Layer& l))(const Layer&, int64_t) {
+  if (l.bits == 8) return row_int8;
+  const int64_t g = l.group_size;
+  return g == 16 ? row_int4<16> : g == 32 ? row_int4<32> : row_int4<0>;
 }
 
 // Output row o as float values, in x's column order (for int4 the split one), into w.
@@ -156,11 +264,12 @@ inline void dots(const Layer& l, const float* w, int64_t r, int64_t o) {
   for (int n = 0; n < N; ++n) l.y[(r + n) * l.out + o] = total(acc[n]);
 }
 
-// Output rows [begin, end): one input row reads the codes straight into the product; more rows
-// decode each weight row once into a float buffer, then multiply it by X_ROWS input rows at a time.
+// Output rows [begin, end): one input row takes the integer product; more rows decode each weight
+// row once into a float buffer, then multiply it by X_ROWS input rows at a time.
 inline void run_rows(const Layer& l, int64_t begin, int64_t end) {
   if (l.rows == 1) {
-    for (int64_t o = begin; o < end; ++o) l.y[o] = l.bits == 8 ? row_int8(l, o) : row_int4(l, o);
+    const auto row = row_product(l);
+    for (int64_t o = begin; o < end; ++o) l.y[o] = row(l, o);
     return;
   }
   std::vector<float> w(l.in);
@@ -172,12 +281,51 @@ inline void run_rows(const Layer& l, int64_t begin, int64_t end) {
   }
 }
 
+// One input row rounded to int16 in blocks of X_BLOCK columns: scale = max |x| / X_LEVELS, code =
+// rint(x * (X_LEVELS / max |x|)) in float32 (an all-zero block: scale 0, codes 0; a block holding
+// inf or nan: scale nan, so that its outputs are nan). For int4, each full NIBBLE_STEP's codes are
+// reordered for nibble_products and each of its lanes gets its block's scale.
+struct RoundedRow {
+  std::vector<int16_t> codes;
+  std::vector<float> scales, lane_scales;
+};
+
+inline RoundedRow round_row(const float* x, int64_t in, int bits) {
+  RoundedRow r{std::vector<int16_t>(in), std::vector<float>((in + X_BLOCK - 1) / X_BLOCK), {}};
+  std::vector<int16_t> natural(in);
+  for (int64_t b = 0; b * X_BLOCK < in; ++b) {
+    const int64_t begin = b * X_BLOCK, end = std::min(begin + X_BLOCK, in);
+    float largest = 0;
+    bool finite = true;
+    for (int64_t c = begin; c < end; ++c) {
+      largest = std::max(largest, std::fabs(x[c]));
+      finite = finite && std::isfinite(x[c]);
+    }
+    for (int64_t c = begin; c < end; ++c)
+      natural[c] = finite && largest > 0 ? int16_t(std::nearbyint(x[c] * (X_LEVELS / largest))) : 0;
+    r.scales[b] = finite ? largest / X_LEVELS : std::numeric_limits<float>::quiet_NaN();
+  }
+  if (bits == 8) {
+    r.codes = std::move(natural);
+    return r;
+  }
+  const int64_t steps = in / NIBBLE_STEP;
+  r.lane_scales.resize(steps * NIBBLE_STEP / LANES);
+  for (int64_t c = 0; c < in; ++c) {
+    const int64_t step = c / NIBBLE_STEP, within = c % NIBBLE_STEP;
+    r.codes[step < steps ? step * NIBBLE_STEP + (within % 4) * 16 + within / 4 : c] = natural[c];
+  }
+  for (int64_t lane = 0; lane < int64_t(r.lane_scales.size()); ++lane) r.lane_scales[lane] = r.scales[lane * LANES / X_BLOCK];
+  return r;
+}
+
 // Why these shapes do not describe one layer the kernel takes (nullptr: they do).
 inline const char* shape_error(int bits, int64_t in, int64_t code_columns, int64_t out, int64_t scale_rows,
                                int64_t groups, int64_t offset_count) {
   if (code_columns != (bits == 8 ? in : in / 2) || scale_rows != out || groups <= 0 || in % groups)
     return "quantized_matmul: codes, scales and x do not describe one layer";
-  if ((in / groups) % GROUP_MULTIPLE) return "quantized_matmul: groups must span a multiple of 16 columns";
+  if ((in / groups) % GROUP_MULTIPLE || (bits == 4 && in / groups != 16 && in / groups != 32 && (in / groups) % 64))
+    return "quantized_matmul: groups must span a multiple of 16 columns (int4: 16, 32 or a multiple of 64)";
   if (offset_count != 0 && offset_count != out * groups)
     return "quantized_matmul: offsets must be empty or shaped like scales";
   return nullptr;
@@ -203,9 +351,10 @@ void quantized_matmul(int bits, const float* x, const uint8_t* codes, const floa
       }
     }
   };
-  // Per input row: the sum of each group's columns; for int4 the even columns, then the odd ones.
+  // Per input row: the sum of each group's columns; several rows of int4 also split into even
+  // columns, then odd ones; one row is rounded (round_row).
   const int64_t group_size = in / groups;
-  std::vector<float> split(bits == 8 ? 0 : rows * in), sums(rows * groups);
+  std::vector<float> split(bits == 4 && rows > 1 ? rows * in : 0), sums(rows * groups);
   for (int64_t r = 0; r < rows; ++r) {
     const float* row = x + r * in;
     for (int64_t g = 0; g < groups; ++g) {
@@ -213,14 +362,17 @@ void quantized_matmul(int bits, const float* x, const uint8_t* codes, const floa
       for (int64_t i = g * group_size; i < (g + 1) * group_size; ++i) sum += row[i];
       sums[r * groups + g] = sum;
     }
-    for (int64_t j = 0; bits == 4 && j < in / 2; ++j) {
+    for (int64_t j = 0; !split.empty() && j < in / 2; ++j) {
       split[r * in + j] = row[2 * j];
       split[r * in + in / 2 + j] = row[2 * j + 1];
     }
   }
+  RoundedRow rounded;
+  if (rows == 1) rounded = round_row(x, in, bits);
   auto work = std::make_shared<Work>();
-  work->layer = Layer{bits == 8 ? x : split.data(), codes, scales, offsets, sums.data(), y,
-                      bits, rows, in, out, groups, group_size};
+  work->layer = Layer{split.empty() ? x : split.data(), codes, scales, offsets, sums.data(), y,
+                      bits, rows, in, out, groups, group_size,
+                      rounded.codes.data(), rounded.scales.data(), rounded.lane_scales.data()};
   work->tasks = (out + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
   on_threads(std::max<int64_t>(0, std::min(helpers, work->tasks - 1)), [work] { work->drain(); });
   while (work->done.load(std::memory_order_acquire) < work->tasks) std::this_thread::yield();

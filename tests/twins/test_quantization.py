@@ -288,23 +288,68 @@ def test_a_config_that_disagrees_with_the_checkpoint_metadata_is_refused(int4_ch
 # Kernels
 
 
-@pytest.mark.parametrize("rows", [1, 5])
-@pytest.mark.parametrize("name", ["int8", "int4-g32", "int4-g64-zp", "int4-g32-fzp", "int8-g32", "int4-g16"])
-def test_cpu_kernels_agree_with_the_portable_product(name, rows):
-    """Both twins' native kernel is the portable product's float32 values summed in another order
-    (one input row, and rows in fours plus a rest)."""
-    settings = SETTINGS[name]
+def rounded_to_int16(x: np.ndarray) -> np.ndarray:
+    """x as the kernel's one-row product sees it: each block of 32 columns rounded to int16 steps of
+    max |x| / 32767, in float32 as quantized_matmul.h computes them."""
+    blocks = np.split(x, range(32, x.shape[-1], 32), axis=-1)
+    out = []
+    for block in blocks:
+        largest = np.abs(block).max(axis=-1, keepdims=True)
+        levels = np.float32(32767)
+        out.append(np.rint(block * (levels / largest)) * (largest / levels).astype(np.float64))
+    return np.concatenate(out, axis=-1)
+
+
+def kernel_reference(x: np.ndarray, tensors: dict, settings: q.QuantizationConfig) -> np.ndarray:
+    """The native kernel's product in float64. A weight is scale * stored code + the value of stored
+    code 0 (int4 stores code + 8); several input rows meet both parts as they are, one input row meets
+    the codes' part rounded to int16 (rounded_to_int16) and the rest as it is."""
+    offsets = q.dequantize({**tensors, "qweight": np.zeros_like(tensors["qweight"])}, settings).astype(np.float64)
+    codes = q.dequantize(tensors, settings).astype(np.float64) - offsets
+    rounded = rounded_to_int16(x) if x.shape[-2] == 1 else x
+    return rounded @ codes.T + x.astype(np.float64) @ offsets.T
+
+
+KERNEL_SETTINGS = {**{name: SETTINGS[name] for name in ("int8", "int4-g32", "int4-g64-zp", "int4-g32-fzp",
+                                                          "int8-g32", "int4-g16")},
+                   "int8-g16-zp": q.QuantizationConfig(8, 16, symmetric=False)}
+
+
+@pytest.mark.parametrize("rows, odd", [(1, False), (1, True), (5, True)])
+@pytest.mark.parametrize("name", sorted(KERNEL_SETTINGS))
+def test_cpu_kernels_compute_their_documented_product(name, rows, odd):
+    """Both twins' native kernel equals kernel_reference, and stays within the int16 rounding's bound of
+    the portable product: widths of 4 int4 steps of 64 columns, and odd ones (288: 4 steps and 32
+    columns; 320: 5 steps); groups of 16, 32, 64 and whole rows; one input row, and rows in fours
+    plus a rest."""
+    settings = KERNEL_SETTINGS[name]
+    width = 256 if not odd else 288 if 288 % (settings.group_size or 32) == 0 else 320
     rng = np.random.default_rng(5)
-    weight, x = rng.standard_normal((64, 256)).astype(np.float32), rng.standard_normal((1, rows, 256)).astype(np.float32)
+    weight = rng.standard_normal((64, width)).astype(np.float32)
+    x = rng.standard_normal((1, rows, width)).astype(np.float32) * rng.uniform(0.1, 1, width).astype(np.float32)
     tensors = q.quantize(weight, settings)
+    expected = kernel_reference(x[0], tensors, settings)
     portable = flax_quant.quantized_matmul(jnp.asarray(x), tensors, q.with_kernel(settings, "portable"))
     native = flax_quant.quantized_matmul(jnp.asarray(x), tensors, q.with_kernel(settings, "cpu"))
-    np.testing.assert_allclose(np.asarray(native), np.asarray(portable), atol=1e-4, rtol=0)
-    layer = torch_quant.QuantizedLinear(256, 64, False, q.with_kernel(settings, "cpu"))
+    np.testing.assert_allclose(np.asarray(native)[0], expected, atol=1e-4, rtol=0)
+    layer = torch_quant.QuantizedLinear(width, 64, False, q.with_kernel(settings, "cpu"))
     for leaf, array in tensors.items():
         getattr(layer, leaf).copy_(torch.from_numpy(array))
     with torch.no_grad():
-        np.testing.assert_allclose(layer(torch.from_numpy(x)).numpy(), np.asarray(portable), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(layer(torch.from_numpy(x)).numpy()[0], expected, atol=1e-4, rtol=0)
+    codes = q.dequantize(tensors, settings) - q.dequantize({**tensors, "qweight": np.zeros_like(tensors["qweight"])},
+                                                            settings)
+    bound = np.abs(rounded_to_int16(x[0]) - x[0]) @ np.abs(codes).T if rows == 1 else 0
+    assert np.all(np.abs(np.asarray(native)[0] - np.asarray(portable)[0]) <= bound + 1e-4)
+
+
+def test_a_non_finite_input_row_gives_non_finite_outputs_in_the_kernel():
+    settings = q.with_kernel(SETTINGS["int4-g32"], "cpu")
+    tensors = q.quantize(np.random.default_rng(0).standard_normal((16, 128)).astype(np.float32), settings)
+    for bad in (np.inf, np.nan):
+        x = np.ones((1, 128), np.float32)
+        x[0, 70] = bad
+        assert not np.isfinite(np.asarray(flax_quant.quantized_matmul(jnp.asarray(x), tensors, settings))).any()
 
 
 def test_kernel_cpu_where_there_is_none_is_an_error_and_auto_falls_back():
