@@ -72,7 +72,7 @@ class QuantizedLinear(nn.Module):
 
     # (versions of the stored tensors, the kernel's operands): a class default, so that subclasses
     # built from an existing layer (LoraQuantizedLinear) start without operands too.
-    _kernel_cache: tuple[tuple[int, ...], Any] | None = None
+    _kernel_cache: tuple[tuple[tuple[int, int], ...], native.LayerOperands] | None = None
 
     def __init__(self, in_features: int, out_features: int, bias: bool, quantization: q.QuantizationConfig,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
@@ -119,21 +119,24 @@ class QuantizedLinear(nn.Module):
 
     def native_product(self, x: torch.Tensor) -> torch.Tensor:
         """x @ W.T by the native kernel, in float32, returned in x's dtype."""
-        rows = x.detach().reshape(-1, self.in_features).to(torch.float32).contiguous()
-        scales, offsets = self.kernel_operands()
-        y = native.quantized_matmul(self.quantization.bits, rows, self.qweight.contiguous(), scales, offsets)
-        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        rows = x.detach().reshape(-1, self.in_features)
+        if rows.dtype != torch.float32 or not rows.is_contiguous():
+            rows = rows.to(torch.float32).contiguous()
+        y = self.kernel_operands().multiply(rows)
+        return (y if x.dtype == torch.float32 else y.to(x.dtype)).reshape(*x.shape[:-1], self.out_features)
 
-    def kernel_operands(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(float32 scales, offsets or None) for the kernel, built on first use and again whenever a
-        stored tensor has changed."""
-        tensors = self.tensors()
-        versions = tuple(t._version for t in tensors.values()) + tuple(t.data_ptr() for t in tensors.values())
+    def kernel_operands(self) -> native.LayerOperands:
+        """The kernel's operands, built on first use and again whenever a stored tensor has changed."""
+        tensors = [self._buffers[leaf] for leaf in self.quantization.leaves()]
+        versions = tuple((t._version, t.data_ptr()) for t in tensors)
         if self._kernel_cache is None or self._kernel_cache[0] != versions:
             with torch.no_grad():
-                scales = tensors["scales"].float().contiguous()
-                offsets = shared_native.kernel_offsets(tensors, scales, self.quantization.code_range[0])
-                self._kernel_cache = (versions, (scales, None if offsets is None else offsets.contiguous()))
+                named = dict(zip(self.quantization.leaves(), tensors))
+                scales = named["scales"].float().contiguous()
+                offsets = shared_native.kernel_offsets(named, scales, self.quantization.code_range[0])
+                operands = native.LayerOperands(self.quantization.bits, named["qweight"].contiguous(), scales,
+                                                None if offsets is None else offsets.contiguous())
+                self._kernel_cache = (versions, operands)
         return self._kernel_cache[1]
 
     def extra_repr(self) -> str:

@@ -38,13 +38,22 @@ def unavailable_reason() -> str | None:
     return load()[1]
 
 
-def quantized_matmul(bits: int, rows: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
-                     offsets: torch.Tensor | None) -> torch.Tensor:
-    """rows (n, in) float32 times the layer's W.T on torch's intra-op threads; every tensor contiguous."""
-    y = torch.empty(rows.shape[0], qweight.shape[0], dtype=torch.float32)
-    error = load()[0](bits, rows.data_ptr(), qweight.data_ptr(), scales.data_ptr(),
-                      None if offsets is None else offsets.data_ptr(), y.data_ptr(), rows.shape[0], rows.shape[1],
-                      qweight.shape[1], qweight.shape[0], scales.shape[1], torch.get_num_threads())
-    if error:
-        raise ValueError(error.decode())
-    return y
+class LayerOperands:
+    """A quantized layer's tensors as the kernel takes them (contiguous codes, float32 scales, offsets or
+    None), with the call's arguments that do not change read once: a decoding step calls every layer."""
+
+    def __init__(self, bits: int, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None):
+        self.tensors = (qweight, scales, offsets)  # kept alive while the kernel reads their pointers
+        self.bits, self.out_features = bits, qweight.shape[0]
+        self.pointers = (qweight.data_ptr(), scales.data_ptr(), None if offsets is None else offsets.data_ptr())
+        self.code_columns, self.groups = qweight.shape[1], scales.shape[1]
+
+    def multiply(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows (n, in), float32 and contiguous, times the layer's W.T on torch's intra-op threads."""
+        n, in_features = rows.shape
+        y = torch.empty(n, self.out_features, dtype=torch.float32)
+        error = load()[0](self.bits, rows.data_ptr(), *self.pointers, y.data_ptr(), n, in_features,
+                          self.code_columns, self.out_features, self.groups, torch.get_num_threads())
+        if error:
+            raise ValueError(error.decode())
+        return y

@@ -352,6 +352,25 @@ def test_a_non_finite_input_row_gives_non_finite_outputs_in_the_kernel():
         assert not np.isfinite(np.asarray(flax_quant.quantized_matmul(jnp.asarray(x), tensors, settings))).any()
 
 
+def test_the_torch_kernel_sees_a_layer_changed_in_place_or_reloaded():
+    """The torch layer caches the kernel's operands; a stored tensor changed in place or a state dict
+    loaded into the layer rebuilds them."""
+    settings = q.with_kernel(SETTINGS["int4-g32-fzp"], "cpu")
+    rng = np.random.default_rng(2)
+    first, second = (q.quantize(rng.standard_normal((32, 64)).astype(np.float32), settings) for _ in range(2))
+    layer = torch_quant.QuantizedLinear(64, 32, False, settings)
+    x = torch.from_numpy(rng.standard_normal((1, 64)).astype(np.float32))
+    with torch.no_grad():
+        layer.load_state_dict({leaf: torch.from_numpy(a) for leaf, a in first.items()})
+        before = layer(x).numpy()
+        layer.scales.mul_(2)
+        layer.mins.mul_(2)
+        np.testing.assert_allclose(layer(x).numpy(), 2 * before, rtol=1e-5, atol=1e-5)
+        layer.load_state_dict({leaf: torch.from_numpy(a) for leaf, a in second.items()})
+        expected = kernel_reference(x.numpy(), second, settings)
+        np.testing.assert_allclose(layer(x).numpy(), expected, atol=1e-4, rtol=0)
+
+
 def test_kernel_cpu_where_there_is_none_is_an_error_and_auto_falls_back():
     settings = SETTINGS["int8"]
     tensors = q.quantize(np.ones((40, 40), np.float32), settings)
