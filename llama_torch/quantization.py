@@ -57,7 +57,7 @@ class NativeProduct(torch.autograd.Function):
     through a quantized base)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, layer: "QuantizedLinear") -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, layer: "QuantizedWeight") -> torch.Tensor:
         ctx.layer = layer
         return layer.native_product(x)
 
@@ -67,43 +67,31 @@ class NativeProduct(torch.autograd.Function):
         return grad @ dequantize(layer.tensors(), layer.quantization, grad.dtype), None
 
 
-class QuantizedLinear(nn.Module):
-    """nn.Linear with a quantized weight: same place in the model, same call."""
+class QuantizedWeight(nn.Module):
+    """A module holding one quantized weight W (out_features, in_features), and x @ W.T on the
+    configured kernel: the base of QuantizedLinear and QuantizedEmbedding (whose attend() is a tied head)."""
 
     # (versions of the stored tensors, the kernel's operands): a class default, so that subclasses
     # built from an existing layer (LoraQuantizedLinear) start without operands too.
     _kernel_cache: tuple[tuple[tuple[int, int], ...], native.LayerOperands] | None = None
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, quantization: q.QuantizationConfig,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
+    def __init__(self, in_features: int, out_features: int, quantization: q.QuantizationConfig, dtype: torch.dtype,
+                 device: torch.device | str | None):
         super().__init__()
         self.in_features, self.out_features, self.quantization = in_features, out_features, quantization
         register_quantized(self, out_features, in_features, quantization, dtype, device)
-        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, quantization: q.QuantizationConfig, name: str) -> "QuantizedLinear":
-        """Quantize an nn.Linear (an empty layer when it lives on the meta device)."""
-        weight = linear.weight
-        module = cls(linear.in_features, linear.out_features, linear.bias is not None, quantization,
-                     weight.dtype, weight.device)
-        if weight.device.type != "meta":
-            fill_quantized(module, to_numpy(weight), quantization, name)
-            if linear.bias is not None:
-                module.bias.data.copy_(linear.bias.data)
-        return module
 
     def tensors(self) -> dict[str, torch.Tensor]:
+        """{leaf: stored tensor} of the weight."""
         return {leaf: getattr(self, leaf) for leaf in self.quantization.leaves()}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def product(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ W.T by the configured kernel (the portable product off the native kernel's ground)."""
         if not self.uses_cpu_kernel(x):
-            y = F.linear(x, dequantize(self.tensors(), self.quantization, x.dtype))
-        elif torch.is_grad_enabled() and x.requires_grad:
-            y = NativeProduct.apply(x, self)
-        else:
-            y = self.native_product(x)
-        return y + self.bias if self.bias is not None else y
+            return F.linear(x, dequantize(self.tensors(), self.quantization, x.dtype))
+        if torch.is_grad_enabled() and x.requires_grad:
+            return NativeProduct.apply(x, self)
+        return self.native_product(x)
 
     def uses_cpu_kernel(self, x: torch.Tensor) -> bool:
         """Whether this call takes the native CPU kernel: "auto" for up to llama_shared.native.MAX_ROWS
@@ -139,28 +127,52 @@ class QuantizedLinear(nn.Module):
                 self._kernel_cache = (versions, operands)
         return self._kernel_cache[1]
 
+
+class QuantizedLinear(QuantizedWeight):
+    """nn.Linear with a quantized weight: same place in the model, same call."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, quantization: q.QuantizationConfig,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
+        super().__init__(in_features, out_features, quantization, dtype, device)
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, quantization: q.QuantizationConfig, name: str) -> "QuantizedLinear":
+        """Quantize an nn.Linear (an empty layer when it lives on the meta device)."""
+        weight = linear.weight
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None, quantization,
+                     weight.dtype, weight.device)
+        if weight.device.type != "meta":
+            fill_quantized(module, to_numpy(weight), quantization, name)
+            if linear.bias is not None:
+                module.bias.data.copy_(linear.bias.data)
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.product(x)
+        return y + self.bias if self.bias is not None else y
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.quantization.name}"
 
 
-class QuantizedEmbedding(nn.Module):
+class QuantizedEmbedding(QuantizedWeight):
     """nn.Embedding with quantized rows (a checkpoint that stores it so, e.g. GGUF): rows are
-    gathered, then dequantized; attend() is the tied language-model head's product."""
+    gathered, then dequantized; attend() is the tied language-model head's product, on the
+    configured kernel like a QuantizedLinear's."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, quantization: q.QuantizationConfig,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
-        super().__init__()
-        self.num_embeddings, self.embedding_dim, self.quantization = num_embeddings, embedding_dim, quantization
+        super().__init__(embedding_dim, num_embeddings, quantization, dtype, device)
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.dtype = dtype  # what rows dequantize to
-        register_quantized(self, num_embeddings, embedding_dim, quantization, dtype, device)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         rows = {leaf: getattr(self, leaf)[input_ids.reshape(-1)] for leaf in self.quantization.leaves()}
         return dequantize(rows, self.quantization, self.dtype).reshape(*input_ids.shape, self.embedding_dim)
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, dequantize({leaf: getattr(self, leaf) for leaf in self.quantization.leaves()},
-                                      self.quantization, x.dtype))
+        return self.product(x)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, {self.quantization.name}"
@@ -219,7 +231,7 @@ def use_kernel(model: nn.Module, kernel: str) -> nn.Module:
     settings = q.with_kernel(settings, kernel)
     model.config = q.with_quantization(model.config, settings)
     for module in model.modules():
-        if isinstance(module, (QuantizedLinear, QuantizedEmbedding)):
+        if isinstance(module, QuantizedWeight):
             module.quantization = settings
     return model
 

@@ -352,6 +352,26 @@ def test_a_non_finite_input_row_gives_non_finite_outputs_in_the_kernel():
         assert not np.isfinite(np.asarray(flax_quant.quantized_matmul(jnp.asarray(x), tensors, settings))).any()
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+def test_a_quantized_embeddings_tied_head_takes_the_kernel_in_both_twins(rows):
+    """attend() of a quantized embedding (a GGUF model's tied head) is the native product, as a linear layer's."""
+    settings = q.with_kernel(SETTINGS["int4-g32"], "cpu")
+    rng = np.random.default_rng(4)
+    tensors = q.quantize(rng.standard_normal((96, 128)).astype(np.float32), settings)
+    x = rng.standard_normal((rows, 128)).astype(np.float32)
+    expected = kernel_reference(x, tensors, settings)
+    embedding = torch_quant.QuantizedEmbedding(96, 128, settings)
+    embedding.load_state_dict({leaf: torch.from_numpy(a) for leaf, a in tensors.items()})
+    with torch.no_grad():
+        np.testing.assert_allclose(embedding.attend(torch.from_numpy(x)).numpy(), expected, atol=1e-4, rtol=0)
+    narrow = torch_quant.QuantizedEmbedding(8, 40, q.with_kernel(SETTINGS["int8"], "cpu"))
+    with pytest.raises(ConfigError, match="groups of a multiple of 16 input columns, the layer's are 40"):
+        narrow.attend(torch.ones((1, 40)))
+    flax_embedding = flax_quant.QuantizedEmbed(96, 128, settings)
+    attended = flax_embedding.apply({"params": tensors}, jnp.asarray(x), method=flax_quant.QuantizedEmbed.attend)
+    np.testing.assert_allclose(np.asarray(attended), expected, atol=1e-4, rtol=0)
+
+
 def test_the_torch_kernel_sees_a_layer_changed_in_place_or_reloaded():
     """The torch layer caches the kernel's operands; a stored tensor changed in place or a state dict
     loaded into the layer rebuilds them."""

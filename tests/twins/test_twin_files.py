@@ -89,6 +89,9 @@ TORCH_ONLY = {
         "fill_quantized",  # quantizes into a built layer's buffers (Flax's quantize builds the param tree)
         "NativeProduct",  # the native kernel's autograd Function (Flax's native_matmul is a custom_jvp)
         "TiedQuantizedHead",  # a module for the tied head (Flax's model calls the embedding's attend())
+        # the linear layer's and the embedding's product on the configured kernel (Flax's is the
+        # quantized_matmul function both modules call)
+        "QuantizedWeight",
     },
     "parallel": {
         "DEFAULT_TIMEOUT_S",  # torch.distributed collectives wait until a timeout; XLA's collectives have none to set
