@@ -33,7 +33,8 @@
 namespace llama_twin {
 
 constexpr int64_t ROWS_PER_TASK = 16;
-constexpr int X_ROWS = 4;  // input rows multiplied together by one decoded weight row
+constexpr int X_ROWS = 4;  // input rows multiplied together by the decoded weight rows
+constexpr int W_ROWS = 2;  // weight rows decoded and multiplied together (several input rows)
 constexpr int64_t X_BLOCK = 32;      // columns of x rounded to int16 with one scale (one input row)
 constexpr float X_LEVELS = 32767;    // the block's largest |x| becomes +-X_LEVELS
 constexpr int64_t NIBBLE_STEP = 64;  // int4 columns per 32-byte load: 16 words of four nibbles
@@ -253,31 +254,49 @@ inline void decode_row(const Layer& l, int64_t o, float* w) {
   }
 }
 
-// y[r .. r + N - 1, o] from output row o's float values w: the N input rows share each load of w.
-template <int N>
+// y[r .. r + N - 1, o .. o + O - 1] from output rows o.. as float values (w: O rows of in): each load
+// of w serves N input rows and each load of x O output rows, and the O * N sums are independent (a
+// few chains of FMAs would wait on their latency).
+template <int O, int N>
 inline void dots(const Layer& l, const float* w, int64_t r, int64_t o) {
-  f32x8 acc[N] = {};
+  f32x8 acc[O][N] = {};
   for (int64_t i = 0; i < l.in; i += LANES) {
-    const f32x8 weights = load(w + i);
-    for (int n = 0; n < N; ++n) acc[n] += load(l.x + (r + n) * l.in + i) * weights;
+    f32x8 weights[O];
+    for (int k = 0; k < O; ++k) weights[k] = load(w + k * l.in + i);
+    for (int n = 0; n < N; ++n) {
+      const f32x8 x = load(l.x + (r + n) * l.in + i);
+      for (int k = 0; k < O; ++k) acc[k][n] += x * weights[k];
+    }
   }
-  for (int n = 0; n < N; ++n) l.y[(r + n) * l.out + o] = total(acc[n]);
+  for (int k = 0; k < O; ++k)
+    for (int n = 0; n < N; ++n) l.y[(r + n) * l.out + o + k] = total(acc[k][n]);
 }
 
-// Output rows [begin, end): one input row takes the integer product; more rows decode each weight
-// row once into a float buffer, then multiply it by X_ROWS input rows at a time.
+// Every input row times output rows o .. o + O - 1, decoded in w.
+template <int O>
+inline void times_decoded(const Layer& l, const float* w, int64_t o) {
+  int64_t r = 0;
+  for (; r + X_ROWS <= l.rows; r += X_ROWS) dots<O, X_ROWS>(l, w, r, o);
+  for (; r < l.rows; ++r) dots<O, 1>(l, w, r, o);
+}
+
+// Output rows [begin, end): one input row takes the integer product; more rows decode W_ROWS weight
+// rows at a time into a float buffer, then multiply them by X_ROWS input rows at a time.
 inline void run_rows(const Layer& l, int64_t begin, int64_t end) {
   if (l.rows == 1) {
     const auto row = row_product(l);
     for (int64_t o = begin; o < end; ++o) l.y[o] = row(l, o);
     return;
   }
-  std::vector<float> w(l.in);
-  for (int64_t o = begin; o < end; ++o) {
+  std::vector<float> w(W_ROWS * l.in);
+  int64_t o = begin;
+  for (; o + W_ROWS <= end; o += W_ROWS) {
+    for (int k = 0; k < W_ROWS; ++k) decode_row(l, o + k, w.data() + k * l.in);
+    times_decoded<W_ROWS>(l, w.data(), o);
+  }
+  for (; o < end; ++o) {
     decode_row(l, o, w.data());
-    int64_t r = 0;
-    for (; r + X_ROWS <= l.rows; r += X_ROWS) dots<X_ROWS>(l, w.data(), r, o);
-    for (; r < l.rows; ++r) dots<1>(l, w.data(), r, o);
+    times_decoded<1>(l, w.data(), o);
   }
 }
 
