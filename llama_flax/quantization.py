@@ -7,8 +7,9 @@ gets a QuantizedEmbed. The portable product dequantizes the whole weight inside 
 and multiplies (qwix's weight-only path does the same): on any backend, and differentiable.
 XLA:CPU does not fuse that dequantization into the dot, so it writes and reads a float weight
 every step; on the CPU the "auto" kernel instead calls llama_shared.native's C++ product (for up
-to its MAX_ROWS rows), which reads each code once and never writes a float weight. Same float32
-values as the portable path; only the order of the sums differs. Where the kernel cannot be built
+to its MAX_ROWS rows), which reads each code once and never writes a float weight: float32 for
+several input rows (the portable values summed in another order), x rounded to int16 per 32 columns
+for one (docs/quantization.md, "Kernels"). Where the kernel cannot be built
 (no C++ compiler), "auto" warns once and takes the portable product; "cpu" is an error.
 """
 
@@ -64,8 +65,8 @@ def portable_matmul(x: Array, tensors: dict[str, Array], quantization: q.Quantiz
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def native_matmul(x: Array, tensors: dict[str, Array], quantization: q.QuantizationConfig) -> Array:
-    """x @ W.T by llama_shared.native's C++ kernel (llama_flax.native binds it), in float32; its
-    derivatives are the portable product's."""
+    """x @ W.T by llama_shared.native's C++ kernel (llama_flax.native binds it), returned in float32;
+    its derivatives are the portable product's."""
     rows = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
     scales = tensors["scales"].astype(jnp.float32)
     offsets = shared_native.kernel_offsets(tensors, scales, quantization.code_range[0])

@@ -6,7 +6,7 @@ llama_shared.quantization's format (``q_proj.qweight``, ``.scales``, ``.zeros`` 
 The portable product dequantizes and multiplies in plain torch ops, on any device and under
 torch.compile. On the CPU the "auto" kernel instead calls llama_shared.native's C++ product (for
 up to its MAX_ROWS rows; llama_torch.native binds it), which reads each code once and never writes
-a float weight: the Flax twin's kernel, in float32. (aten's ``_weight_int8pack_mm`` and
+a float weight: the Flax twin's kernel, with its numerics (docs/quantization.md, "Kernels"). (aten's ``_weight_int8pack_mm`` and
 ``_weight_int4pack_mm_for_cpu`` were slower in decoding and are vectorised for bfloat16 only:
 benchmarks/log/2026-12-02-quantization.md.) Where the kernel cannot be built (no C++ compiler),
 "auto" warns once and takes the portable product; "cpu" is an error.
@@ -106,7 +106,7 @@ class QuantizedWeight(nn.Module):
                                           native.unavailable_reason() if on_cpu else None)
 
     def native_product(self, x: torch.Tensor) -> torch.Tensor:
-        """x @ W.T by the native kernel, in float32, returned in x's dtype."""
+        """x @ W.T by the native kernel, returned in x's dtype."""
         rows = x.detach().reshape(-1, self.in_features)
         if rows.dtype != torch.float32 or not rows.is_contiguous():
             rows = rows.to(torch.float32).contiguous()
