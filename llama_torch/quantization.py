@@ -83,7 +83,7 @@ class QuantizedWeight(nn.Module):
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """{leaf: stored tensor} of the weight."""
-        return {leaf: getattr(self, leaf) for leaf in self.quantization.leaves()}
+        return {leaf: self._buffers[leaf] for leaf in self.quantization.leaves()}
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
         """x @ W.T by the configured kernel (the portable product off the native kernel's ground)."""
@@ -115,14 +115,13 @@ class QuantizedWeight(nn.Module):
 
     def kernel_operands(self) -> native.LayerOperands:
         """The kernel's operands, built on first use and again whenever a stored tensor has changed."""
-        tensors = [self._buffers[leaf] for leaf in self.quantization.leaves()]
-        versions = tuple((t._version, t.data_ptr()) for t in tensors)
+        tensors = self.tensors()
+        versions = tuple((t._version, t.data_ptr()) for t in tensors.values())
         if self._kernel_cache is None or self._kernel_cache[0] != versions:
             with torch.no_grad():
-                named = dict(zip(self.quantization.leaves(), tensors))
-                scales = named["scales"].float().contiguous()
-                offsets = shared_native.kernel_offsets(named, scales, self.quantization.code_range[0])
-                operands = native.LayerOperands(self.quantization.bits, named["qweight"].contiguous(), scales,
+                scales = tensors["scales"].float().contiguous()
+                offsets = shared_native.kernel_offsets(tensors, scales, self.quantization.code_range[0])
+                operands = native.LayerOperands(self.quantization.bits, tensors["qweight"].contiguous(), scales,
                                                 None if offsets is None else offsets.contiguous())
                 self._kernel_cache = (versions, operands)
         return self._kernel_cache[1]

@@ -99,7 +99,6 @@ def build(source: Path, include_dirs: Sequence[str] = (), flags: Sequence[str] =
     return library
 
 
-
 def format_reason(quantization: Any, in_features: int) -> str | None:
     """Why quantized_matmul.h cannot multiply a layer of this format (None: it can)."""
     columns = quantization.group_size or in_features

@@ -9,8 +9,8 @@
 // as their unsigned nibbles (code + 8), their offset gaining -8 * scale.
 //
 // One input row (decoding) multiplies the codes in integer SIMD: x is rounded to int16 in blocks of
-// X_BLOCK columns (llama_shared.quantization.round_activations is the numpy reference), the codes
-// meet it in vpmaddwd's int32 sums, and each sum is scaled once by its weight group's scale times
+// X_BLOCK columns (round_row; tests/twins/test_quantization.py's rounded_to_int16 is its numpy
+// model), the codes meet it in vpmaddwd's int32 sums, and each sum is scaled once by its weight group's scale times
 // its block's. Several input rows decode each weight row to float32 once and share it.
 // Loops over LANES floats vectorise as written (-O3 -march=native).
 
@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <memory>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX2__)
@@ -42,8 +43,6 @@ constexpr int64_t NIBBLE_STEP = 64;  // int4 columns per 32-byte load: 16 words 
 // Eight lanes in GCC / Clang vector extensions: AVX2 registers with -march=native on x86, two NEON
 // registers on ARM.
 typedef float f32x8 __attribute__((vector_size(32)));
-typedef int8_t i8x8 __attribute__((vector_size(8)));
-typedef uint8_t u8x8 __attribute__((vector_size(8)));
 typedef int32_t i32x8 __attribute__((vector_size(32)));
 typedef int16_t i16x16 __attribute__((vector_size(32)));
 typedef uint16_t u16x16 __attribute__((vector_size(32)));
@@ -51,31 +50,23 @@ typedef int8_t i8x16 __attribute__((vector_size(16)));
 constexpr int64_t LANES = 8;
 constexpr int64_t GROUP_MULTIPLE = 2 * LANES;  // columns: int8 codes are read 16 at a time
 
-inline f32x8 load(const float* p) { f32x8 v; std::memcpy(&v, p, sizeof v); return v; }
+template <typename V>
+inline V load_as(const void* p) { V v; std::memcpy(&v, p, sizeof v); return v; }
+inline f32x8 load(const float* p) { return load_as<f32x8>(p); }
 inline void store(float* p, f32x8 v) { std::memcpy(p, &v, sizeof v); }
-// Eight bytes widened to int32 lanes (vpmovsxbd / vpmovzxbd on AVX2: GCC 12 widens the generic
-// form's bytes one by one), and int32 lanes to floats.
-inline i32x8 widen_signed(const uint8_t* p) {
+// Eight bytes, read as Byte (int8_t or uint8_t), widened to int32 lanes (vpmovsxbd / vpmovzxbd on
+// AVX2: GCC 12 widens the generic form's bytes one by one), and int32 lanes to floats.
+template <typename Byte>
+inline i32x8 widen(const uint8_t* p) {
 #if defined(__AVX2__)
-  return i32x8(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  return i32x8(std::is_signed_v<Byte> ? _mm256_cvtepi8_epi32(bytes) : _mm256_cvtepu8_epi32(bytes));
 #else
-  i8x8 v;
-  std::memcpy(&v, p, sizeof v);
-  return __builtin_convertvector(v, i32x8);
-#endif
-}
-inline i32x8 widen_unsigned(const uint8_t* p) {
-#if defined(__AVX2__)
-  return i32x8(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-#else
-  u8x8 v;
-  std::memcpy(&v, p, sizeof v);
-  return __builtin_convertvector(v, i32x8);
+  typedef Byte byte_x8 __attribute__((vector_size(8)));
+  return __builtin_convertvector(load_as<byte_x8>(p), i32x8);
 #endif
 }
 inline f32x8 to_float(i32x8 v) { return __builtin_convertvector(v, f32x8); }
-template <typename V>
-inline V load_as(const void* p) { V v; std::memcpy(&v, p, sizeof v); return v; }
 // Sixteen int8 codes widened to int16 lanes (vpmovsxbw).
 inline i16x16 widen_to_words(const uint8_t* p) {
 #if defined(__AVX2__)
@@ -241,12 +232,12 @@ inline void decode_row(const Layer& l, int64_t o, float* w) {
     if (l.bits == 8) {
       const uint8_t* codes = l.codes + o * l.in;
       for (int64_t i = g * l.group_size; i < (g + 1) * l.group_size; i += LANES)
-        store(w + i, to_float(widen_signed(codes + i)) * scale + offset);
+        store(w + i, to_float(widen<int8_t>(codes + i)) * scale + offset);
     } else {
       const int64_t half = l.in / 2, group_bytes = l.group_size / 2;
       const uint8_t* bytes = l.codes + o * half;
       for (int64_t j = g * group_bytes; j < (g + 1) * group_bytes; j += LANES) {
-        const i32x8 b = widen_unsigned(bytes + j);
+        const i32x8 b = widen<uint8_t>(bytes + j);
         store(w + j, to_float(b & 15) * scale + offset);
         store(w + half + j, to_float(b >> 4) * scale + offset);
       }
@@ -310,8 +301,8 @@ struct RoundedRow {
 };
 
 inline RoundedRow round_row(const float* x, int64_t in, int bits) {
-  RoundedRow r{std::vector<int16_t>(in), std::vector<float>((in + X_BLOCK - 1) / X_BLOCK), {}};
   std::vector<int16_t> natural(in);
+  std::vector<float> scales((in + X_BLOCK - 1) / X_BLOCK);
   for (int64_t b = 0; b * X_BLOCK < in; ++b) {
     const int64_t begin = b * X_BLOCK, end = std::min(begin + X_BLOCK, in);
     float largest = 0;
@@ -322,14 +313,11 @@ inline RoundedRow round_row(const float* x, int64_t in, int bits) {
     }
     for (int64_t c = begin; c < end; ++c)
       natural[c] = finite && largest > 0 ? int16_t(std::nearbyint(x[c] * (X_LEVELS / largest))) : 0;
-    r.scales[b] = finite ? largest / X_LEVELS : std::numeric_limits<float>::quiet_NaN();
+    scales[b] = finite ? largest / X_LEVELS : std::numeric_limits<float>::quiet_NaN();
   }
-  if (bits == 8) {
-    r.codes = std::move(natural);
-    return r;
-  }
+  if (bits == 8) return RoundedRow{std::move(natural), std::move(scales), {}};
   const int64_t steps = in / NIBBLE_STEP;
-  r.lane_scales.resize(steps * NIBBLE_STEP / LANES);
+  RoundedRow r{std::vector<int16_t>(in), std::move(scales), std::vector<float>(steps * NIBBLE_STEP / LANES)};
   for (int64_t c = 0; c < in; ++c) {
     const int64_t step = c / NIBBLE_STEP, within = c % NIBBLE_STEP;
     r.codes[step < steps ? step * NIBBLE_STEP + (within % 4) * 16 + within / 4 : c] = natural[c];

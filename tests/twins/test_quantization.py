@@ -300,12 +300,17 @@ def rounded_to_int16(x: np.ndarray) -> np.ndarray:
     return np.concatenate(out, axis=-1)
 
 
-def kernel_reference(x: np.ndarray, tensors: dict, settings: q.QuantizationConfig) -> np.ndarray:
-    """The native kernel's product in float64. A weight is scale * stored code + the value of stored
-    code 0 (int4 stores code + 8); several input rows meet both parts as they are, one input row meets
-    the codes' part rounded to int16 (rounded_to_int16) and the rest as it is."""
+def weight_parts(tensors: dict, settings: q.QuantizationConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(scale * stored code, the value of stored code 0) in float64, whose sum is the weight (int4
+    stores code + 8): the kernel multiplies the first by x's int16 rounding and the second by x."""
     offsets = q.dequantize({**tensors, "qweight": np.zeros_like(tensors["qweight"])}, settings).astype(np.float64)
-    codes = q.dequantize(tensors, settings).astype(np.float64) - offsets
+    return q.dequantize(tensors, settings).astype(np.float64) - offsets, offsets
+
+
+def kernel_reference(x: np.ndarray, tensors: dict, settings: q.QuantizationConfig) -> np.ndarray:
+    """The native kernel's product in float64: several input rows meet both weight_parts as they are,
+    one input row meets the codes' part rounded to int16 (rounded_to_int16) and the rest as it is."""
+    codes, offsets = weight_parts(tensors, settings)
     rounded = rounded_to_int16(x) if x.shape[-2] == 1 else x
     return rounded @ codes.T + x.astype(np.float64) @ offsets.T
 
@@ -337,9 +342,7 @@ def test_cpu_kernels_compute_their_documented_product(name, rows, odd):
         getattr(layer, leaf).copy_(torch.from_numpy(array))
     with torch.no_grad():
         np.testing.assert_allclose(layer(torch.from_numpy(x)).numpy()[0], expected, atol=1e-4, rtol=0)
-    codes = q.dequantize(tensors, settings) - q.dequantize({**tensors, "qweight": np.zeros_like(tensors["qweight"])},
-                                                            settings)
-    bound = np.abs(rounded_to_int16(x[0]) - x[0]) @ np.abs(codes).T if rows == 1 else 0
+    bound = np.abs(rounded_to_int16(x[0]) - x[0]) @ np.abs(weight_parts(tensors, settings)[0]).T if rows == 1 else 0
     assert np.all(np.abs(np.asarray(native)[0] - np.asarray(portable)[0]) <= bound + 1e-4)
 
 
