@@ -6,7 +6,8 @@ llama_shared.quantization's format (``q_proj.qweight``, ``.scales``, ``.zeros`` 
 The portable product dequantizes and multiplies in plain torch ops, on any device and under
 torch.compile. On the CPU the "auto" kernel instead calls llama_shared.native's C++ product (for
 up to its MAX_ROWS rows; llama_torch.native binds it), which reads each code once and never writes
-a float weight: the Flax twin's kernel, with its numerics (docs/quantization.md, "Kernels"). (aten's ``_weight_int8pack_mm`` and
+a float weight: the Flax twin's kernel, with its numerics (docs/quantization.md, "Kernels"); under
+torch.compile as llama_torch.native's operator, so that compiled decoding keeps it. (aten's ``_weight_int8pack_mm`` and
 ``_weight_int4pack_mm_for_cpu`` were slower in decoding and are vectorised for bfloat16 only:
 benchmarks/log/2026-12-02-quantization.md.) Where the kernel cannot be built (no C++ compiler),
 "auto" warns once and takes the portable product; "cpu" is an error.
@@ -97,20 +98,25 @@ class QuantizedWeight(nn.Module):
         """Whether this call takes the native CPU kernel: "auto" for up to llama_shared.native.MAX_ROWS
         rows on the CPU (warning once where it cannot be built), "cpu" always (an error where it cannot run)."""
         kernel = self.quantization.kernel
-        if kernel == "portable" or torch.compiler.is_compiling():
-            return False
+        compiling = torch.compiler.is_compiling()
+        if kernel == "portable" or compiling and torch.is_grad_enabled() and x.requires_grad:
+            return False  # compiled training: the portable product, which inductor fuses and differentiates
         on_cpu = x.device.type == "cpu"
         reason = cpu_kernel_reason(self.quantization, self.in_features) if on_cpu else \
             f"the input is on {x.device}, not the CPU"
+        # The warning for a kernel that cannot be built is eager only: torch.compile cannot trace it.
         return shared_native.takes_native(kernel, reason, x.numel() // self.in_features,
-                                          native.unavailable_reason() if on_cpu else None)
+                                          native.unavailable_reason() if on_cpu and not compiling else None)
 
     def native_product(self, x: torch.Tensor) -> torch.Tensor:
         """x @ W.T by the native kernel, returned in x's dtype."""
         rows = x.detach().reshape(-1, self.in_features)
         if rows.dtype != torch.float32 or not rows.is_contiguous():
             rows = rows.to(torch.float32).contiguous()
-        y = self.kernel_operands().multiply(rows)
+        if torch.compiler.is_compiling():
+            y = native.quantized_matmul(rows, *self.kernel_tensors(), self.quantization.bits)
+        else:
+            y = self.kernel_operands().multiply(rows)
         return (y if x.dtype == torch.float32 else y.to(x.dtype)).reshape(*x.shape[:-1], self.out_features)
 
     def kernel_operands(self) -> native.LayerOperands:
@@ -119,12 +125,16 @@ class QuantizedWeight(nn.Module):
         versions = tuple((t._version, t.data_ptr()) for t in tensors.values())
         if self._kernel_cache is None or self._kernel_cache[0] != versions:
             with torch.no_grad():
-                scales = tensors["scales"].float().contiguous()
-                offsets = shared_native.kernel_offsets(tensors, scales, self.quantization.code_range[0])
-                operands = native.LayerOperands(self.quantization.bits, tensors["qweight"].contiguous(), scales,
-                                                None if offsets is None else offsets.contiguous())
-                self._kernel_cache = (versions, operands)
+                operands = native.LayerOperands(self.quantization.bits, *self.kernel_tensors())
+            self._kernel_cache = (versions, operands)
         return self._kernel_cache[1]
+
+    def kernel_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(codes, float32 scales, offsets or None), contiguous: the kernel's operands as tensors."""
+        tensors = self.tensors()
+        scales = tensors["scales"].float().contiguous()
+        offsets = shared_native.kernel_offsets(tensors, scales, self.quantization.code_range[0])
+        return tensors["qweight"].contiguous(), scales, None if offsets is None else offsets.contiguous()
 
 
 class QuantizedLinear(QuantizedWeight):

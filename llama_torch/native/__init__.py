@@ -2,7 +2,8 @@
 
 c_api.cc runs the kernel's tasks on an OpenMP team; built with -fopenmp and loaded after torch, it
 binds to the libgomp that torch has already loaded, so its threads are torch's own (a pool of its
-own made the two take turns on the cores and was slower than aten's kernels).
+own made the two take turns on the cores and was slower than aten's kernels). quantized_matmul is the
+same product as a torch.library operator, opaque to torch.compile, which compiled graphs call.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ def load() -> tuple[Any, str | None]:
     return function, None
 
 
+@torch._dynamo.assume_constant_result
 def unavailable_reason() -> str | None:
-    """Why the kernel cannot run here (None: it can); builds it on first use."""
+    """Why the kernel cannot run here (None: it can); builds it on first use. A constant to
+    torch.compile, which calls it while tracing rather than tracing into ctypes."""
     return load()[1]
 
 
@@ -57,3 +60,18 @@ class LayerOperands:
         if error:
             raise ValueError(error.decode())
         return y
+
+
+@torch.library.custom_op("llama_twin::quantized_matmul", mutates_args=(),
+                         schema="(Tensor rows, Tensor qweight, Tensor scales, Tensor? offsets, int bits) -> Tensor")
+def quantized_matmul(rows: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None,
+                     bits: int) -> torch.Tensor:
+    """LayerOperands(bits, qweight, scales, offsets).multiply(rows) as one operator: what a layer
+    traced by torch.compile calls, its tensors being the graph's (frozen weights, on the CPU)."""
+    return LayerOperands(bits, qweight, scales, offsets).multiply(rows)
+
+
+@quantized_matmul.register_fake
+def _(rows: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None,
+      bits: int) -> torch.Tensor:
+    return rows.new_empty(rows.shape[0], qweight.shape[0])

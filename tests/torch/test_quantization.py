@@ -1,11 +1,14 @@
-"""The torch twin's quantized layer under torch.compile (fullgraph: a graph break fails)."""
+"""The torch twin's quantized layer under torch.compile (fullgraph: a graph break fails): the portable
+product, and the native kernel as an operator."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from llama_shared import quantization as q
+from llama_torch import native
 from llama_torch import quantization as torch_quant
 from tests.cases import QUANTIZATION_SETTINGS as SETTINGS
 
@@ -21,3 +24,34 @@ def test_quantized_linear_runs_under_torch_compile():
     with torch.no_grad():
         compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
         torch.testing.assert_close(compiled(x), layer(x), atol=1e-6, rtol=0)
+
+
+def quantized_layer(settings: q.QuantizationConfig, in_features: int = 64, out_features: int = 48) -> torch.nn.Module:
+    layer = torch_quant.QuantizedLinear(in_features, out_features, True, settings)
+    weight = np.random.default_rng(5).standard_normal((out_features, in_features)).astype(np.float32)
+    for leaf, array in q.quantize(weight, settings).items():
+        getattr(layer, leaf).copy_(torch.from_numpy(array))
+    return layer
+
+
+@pytest.mark.parametrize("name", ["int4-g32", "int4-g32-fzp", "int8"])
+def test_compiled_quantized_layers_call_the_native_kernel(name, monkeypatch):
+    """Under torch.compile (fullgraph) a layer on the "cpu" kernel calls llama_torch.native's operator,
+    equal to the eager call; a compiled training step (x requiring grad) takes the portable product."""
+    calls = []
+    multiply = native.LayerOperands.multiply
+    monkeypatch.setattr(native.LayerOperands, "multiply", lambda self, rows: calls.append(rows.shape) or multiply(self, rows))
+    settings = q.with_kernel(SETTINGS[name], "cpu")
+    layer = quantized_layer(settings)
+    x = torch.randn(1, 64)
+    with torch.no_grad():
+        eager = layer(x)
+        calls.clear()
+        compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)(x)
+    assert calls == [(1, 64)]
+    torch.testing.assert_close(compiled, eager, atol=0, rtol=0)
+    calls.clear()
+    trained = torch.compile(layer, backend="aot_eager", fullgraph=True)(x.clone().requires_grad_())
+    assert calls == []
+    portable = quantized_layer(q.with_kernel(settings, "portable"))(x)
+    torch.testing.assert_close(trained, portable, atol=1e-6, rtol=0)
