@@ -9,8 +9,8 @@ after a warm-up, so every runner meets the same spells of load. Each quantized f
 as a ratio to the float32 model of the same twin, and to llama.cpp's file of the same bit width.
 
 Kernels: the torch twin's quantized layers run with kernel "cpu", the Flax twin's with "auto": both
-take llama_shared.native's C++ kernel here (decoding steps: x rounded per 32 columns, to int16 for
-int8 weights and to int8 for int4, as llama.cpp rounds it to int8). llama.cpp loads weights as stored (use_extra_bufts=False): its repacked AMX/AVX512 layouts crash on this VM.
+take llama_shared.native's C++ kernel here (decoding steps: x rounded to int16 per 32 columns,
+as llama.cpp rounds it to int8). llama.cpp loads weights as stored (use_extra_bufts=False): its repacked AMX/AVX512 layouts crash on this VM.
 
     python -m benchmarks.quant [--size small|tiny] [--new-tokens 64] [--passes 3] [--batches 1,8]
 """

@@ -8,8 +8,8 @@ and multiplies (qwix's weight-only path does the same): on any backend, and diff
 XLA:CPU does not fuse that dequantization into the dot, so it writes and reads a float weight
 every step; on the CPU the "auto" kernel instead calls llama_shared.native's C++ product (for up
 to its MAX_ROWS rows), which reads each code once and never writes a float weight: float32 for
-several input rows (the portable values summed in another order), x rounded per 32 columns (to
-int16 for int8 weights, int8 for int4) for one (docs/quantization.md, "Kernels"). Where the kernel cannot be built
+several input rows (the portable values summed in another order), x rounded to int16 per 32 columns
+for one (docs/quantization.md, "Kernels"). Where the kernel cannot be built
 (no C++ compiler), "auto" warns once and takes the portable product; "cpu" is an error.
 """
 

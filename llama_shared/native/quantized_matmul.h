@@ -8,11 +8,10 @@
 // adds scale * sum(x * code) + offset * sum(x), the sums of x taken in float32. int4 codes are read
 // as their unsigned nibbles (code + 8), their offset gaining -8 * scale.
 //
-// One input row (decoding) multiplies the codes in integer SIMD: x is rounded in blocks of X_BLOCK
-// columns, to int16 for int8 codes and to int8 for int4 codes (round_row; tests/twins/
-// test_quantization.py's rounded_x is its numpy model), the codes meet it in int32 sums (vpmaddwd;
-// for int4 vpmaddubsw first), and each sum is scaled once by its weight group's scale times its
-// block's. int8 x halves the int4 loop's work, and its error stays far below the int4 codes' own. Several input rows decode each weight row to float32 once and share it.
+// One input row (decoding) multiplies the codes in integer SIMD: x is rounded to int16 in blocks of
+// X_BLOCK columns (round_row; tests/twins/test_quantization.py's rounded_to_int16 is its numpy
+// model), the codes meet it in vpmaddwd's int32 sums, and each sum is scaled once by its weight group's scale times
+// its block's. Several input rows decode each weight row to float32 once and share it.
 // Loops over LANES floats vectorise as written (-O3 -march=native).
 
 #pragma once
@@ -39,9 +38,8 @@ namespace llama_twin {
 constexpr int64_t TASK_BYTES = 128 << 10;
 constexpr int X_ROWS = 4;  // input rows multiplied together by the decoded weight rows
 constexpr int W_ROWS = 2;  // weight rows decoded and multiplied together (several input rows)
-constexpr int64_t X_BLOCK = 32;  // columns of x rounded with one scale (one input row)
-// The block's largest |x| becomes +-x_levels(bits): int16 codes for int8 weights, int8 for int4.
-constexpr float x_levels(int bits) { return bits == 8 ? 32767 : 127; }
+constexpr int64_t X_BLOCK = 32;      // columns of x rounded to int16 with one scale (one input row)
+constexpr float X_LEVELS = 32767;    // the block's largest |x| becomes +-X_LEVELS
 constexpr int64_t NIBBLE_STEP = 64;  // int4 columns per 32-byte load: 16 words of four nibbles
 
 // Eight lanes in GCC / Clang vector extensions: AVX2 registers with -march=native on x86, two NEON
@@ -49,6 +47,7 @@ constexpr int64_t NIBBLE_STEP = 64;  // int4 columns per 32-byte load: 16 words 
 typedef float f32x8 __attribute__((vector_size(32)));
 typedef int32_t i32x8 __attribute__((vector_size(32)));
 typedef int16_t i16x16 __attribute__((vector_size(32)));
+typedef uint16_t u16x16 __attribute__((vector_size(32)));
 typedef int8_t i8x16 __attribute__((vector_size(16)));
 constexpr int64_t LANES = 8;
 constexpr int64_t GROUP_MULTIPLE = 2 * LANES;  // columns: int8 codes are read 16 at a time
@@ -105,11 +104,10 @@ struct Layer {
   const float* group_sums;  // (rows, groups): sum of x over each group's columns
   float* y;                 // (rows, out)
   int64_t bits, rows, in, out, groups, group_size;
-  // One input row, rounded (round_row): x ~ x_words (int8 codes) or x_bytes (int4 codes) times
-  // x_scales[column / X_BLOCK]. For int4 each full NIBBLE_STEP of x_bytes lists its even columns,
-  // then its odd ones, and lane_x_scales holds the x scale of each of its int32 lanes (8 columns).
-  const int16_t* x_words;
-  const int8_t* x_bytes;
+  // One input row, rounded: x ~ x_codes * x_scales[column / X_BLOCK]. For int4 each full NIBBLE_STEP
+  // of x_codes lists the columns in the order of nibble_products' four nibble positions, and
+  // lane_x_scales holds the x scale of each of its int32 lanes (8 columns apiece).
+  const int16_t* x_codes;
   const float* x_scales;
   const float* lane_x_scales;
 
@@ -146,7 +144,7 @@ inline float row_int8(const Layer& l, int64_t o) {
   const uint8_t* codes = l.codes + o * l.in;
   const float* scales = l.scales + o * l.groups;
   GroupCursor group(l.group_size);
-  auto sixteen = [&](int64_t c) { return multiply_pairs(widen_to_words(codes + c), load_as<i16x16>(l.x_words + c)); };
+  auto sixteen = [&](int64_t c) { return multiply_pairs(widen_to_words(codes + c), load_as<i16x16>(l.x_codes + c)); };
   f32x8 even = {}, odd = {};
   if (l.group_size % X_BLOCK) {
     for (int64_t c = 0; c < l.in; c += 16) even += to_float(sixteen(c)) * (scales[group(c)] * l.x_scales[c / X_BLOCK]);
@@ -164,22 +162,15 @@ inline float row_int8(const Layer& l, int64_t o) {
   return total(even + odd) + offset_sum(l, o);
 }
 
-// The int32 lanes of one NIBBLE_STEP: byte j holds columns 2j (low nibble) and 2j + 1 (high); the
-// low nibbles meet x's even columns and the high ones its odd columns in vpmaddubsw (pairs of
-// unsigned nibble times int8 x, at most 2 * 15 * 127 in int16), vpmaddwd by ones sums the pairs'
-// pairs; lane i sums columns [8i, 8i + 8).
-inline i32x8 nibble_products(const uint8_t* bytes, const int8_t* x) {
-#if defined(__AVX2__)
-  const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes)), mask = _mm256_set1_epi8(15);
-  const __m256i low = _mm256_and_si256(b, mask), high = _mm256_and_si256(_mm256_srli_epi16(b, 4), mask);
-  const __m256i quads = _mm256_add_epi16(_mm256_maddubs_epi16(low, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x))),
-                                         _mm256_maddubs_epi16(high, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32))));
-  return i32x8(_mm256_madd_epi16(quads, _mm256_set1_epi16(1)));
-#else
-  i32x8 sums = {};
-  for (int j = 0; j < 32; ++j) sums[j / 4] += (bytes[j] & 15) * x[j] + (bytes[j] >> 4) * x[32 + j];
-  return sums;
-#endif
+// The 16 int32 lanes' worth of one NIBBLE_STEP: its 32 bytes read as 16 words, nibble k of word w
+// being column 4w + k, meet x_codes' four runs of 16 (one per nibble position) in vpmaddwd; lane i
+// sums columns [8i, 8i + 8).
+inline i32x8 nibble_products(const uint8_t* bytes, const int16_t* x) {
+  const u16x16 words = load_as<u16x16>(bytes);
+  return (multiply_pairs(i16x16(words & 15), load_as<i16x16>(x)) +
+          multiply_pairs(i16x16((words >> 4) & 15), load_as<i16x16>(x + 16))) +
+         (multiply_pairs(i16x16((words >> 8) & 15), load_as<i16x16>(x + 32)) +
+          multiply_pairs(i16x16(words >> 12), load_as<i16x16>(x + 48)));
 }
 
 // The weight scale of each lane of the NIBBLE_STEP at column c. GROUP: the group size when it is 16
@@ -214,7 +205,7 @@ inline float row_int4(const Layer& l, int64_t o) {
   GroupCursor group(l.group_size);
   auto step = [&](int64_t c) {
     const f32x8 lane_scale = lane_scales<GROUP>(scales, c, group) * load(l.lane_x_scales + c / LANES);
-    return to_float(nibble_products(bytes + c / 2, l.x_bytes + c)) * lane_scale;
+    return to_float(nibble_products(bytes + c / 2, l.x_codes + c)) * lane_scale;
   };
   f32x8 even = {}, odd = {};
   int64_t c = 0;
@@ -225,7 +216,7 @@ inline float row_int4(const Layer& l, int64_t o) {
   if (c + NIBBLE_STEP <= l.in) even += step(c), c += NIBBLE_STEP;
   float rest = 0;
   for (; c < l.in; ++c)
-    rest += float(((bytes[c / 2] >> (4 * (c & 1))) & 15) * l.x_bytes[c]) * (scales[group(c)] * l.x_scales[c / X_BLOCK]);
+    rest += float(((bytes[c / 2] >> (4 * (c & 1))) & 15) * l.x_codes[c]) * (scales[group(c)] * l.x_scales[c / X_BLOCK]);
   return total(even + odd) + rest + offset_sum(l, o);
 }
 
@@ -302,22 +293,18 @@ inline void run_rows(const Layer& l, int64_t begin, int64_t end) {
   }
 }
 
-// One input row rounded in blocks of X_BLOCK columns: scale = max |x| / levels, code =
-// rint(x * (levels / max |x|)) in float32, levels = x_levels(bits) (an all-zero block: scale 0, codes
-// 0; a block holding inf or nan: scale nan, so that its outputs are nan). For int4, each full
-// NIBBLE_STEP's codes are reordered for nibble_products and each of its lanes gets its block's scale.
+// One input row rounded to int16 in blocks of X_BLOCK columns: scale = max |x| / X_LEVELS, code =
+// rint(x * (X_LEVELS / max |x|)) in float32 (an all-zero block: scale 0, codes 0; a block holding
+// inf or nan: scale nan, so that its outputs are nan). For int4, each full NIBBLE_STEP's codes are
+// reordered for nibble_products and each of its lanes gets its block's scale.
 struct RoundedRow {
-  std::vector<int16_t> words;  // int8 weights: in natural order
-  std::vector<int8_t> bytes;   // int4 weights: each full NIBBLE_STEP in nibble_products' order
+  std::vector<int16_t> codes;
   std::vector<float> scales, lane_scales;
 };
 
 inline RoundedRow round_row(const float* x, int64_t in, int bits) {
-  const float levels = x_levels(bits);
-  const int64_t steps = in / NIBBLE_STEP;
-  RoundedRow r;
-  r.scales.resize((in + X_BLOCK - 1) / X_BLOCK);
-  (bits == 8 ? r.words.resize(in) : r.bytes.resize(in));
+  std::vector<int16_t> natural(in);
+  std::vector<float> scales((in + X_BLOCK - 1) / X_BLOCK);
   for (int64_t b = 0; b * X_BLOCK < in; ++b) {
     const int64_t begin = b * X_BLOCK, end = std::min(begin + X_BLOCK, in);
     float largest = 0;
@@ -326,21 +313,18 @@ inline RoundedRow round_row(const float* x, int64_t in, int bits) {
       largest = std::max(largest, std::fabs(x[c]));
       finite = finite && std::isfinite(x[c]);
     }
-    for (int64_t c = begin; c < end; ++c) {
-      const float code = finite && largest > 0 ? std::nearbyint(x[c] * (levels / largest)) : 0;
-      if (bits == 8) {
-        r.words[c] = int16_t(code);
-      } else {
-        const int64_t step = c / NIBBLE_STEP, within = c % NIBBLE_STEP;
-        r.bytes[step < steps ? step * NIBBLE_STEP + (within % 2) * 32 + within / 2 : c] = int8_t(code);
-      }
-    }
-    r.scales[b] = finite ? largest / levels : std::numeric_limits<float>::quiet_NaN();
+    for (int64_t c = begin; c < end; ++c)
+      natural[c] = finite && largest > 0 ? int16_t(std::nearbyint(x[c] * (X_LEVELS / largest))) : 0;
+    scales[b] = finite ? largest / X_LEVELS : std::numeric_limits<float>::quiet_NaN();
   }
-  if (bits == 4) {
-    r.lane_scales.resize(steps * NIBBLE_STEP / LANES);
-    for (int64_t lane = 0; lane < int64_t(r.lane_scales.size()); ++lane) r.lane_scales[lane] = r.scales[lane * LANES / X_BLOCK];
+  if (bits == 8) return RoundedRow{std::move(natural), std::move(scales), {}};
+  const int64_t steps = in / NIBBLE_STEP;
+  RoundedRow r{std::vector<int16_t>(in), std::move(scales), std::vector<float>(steps * NIBBLE_STEP / LANES)};
+  for (int64_t c = 0; c < in; ++c) {
+    const int64_t step = c / NIBBLE_STEP, within = c % NIBBLE_STEP;
+    r.codes[step < steps ? step * NIBBLE_STEP + (within % 4) * 16 + within / 4 : c] = natural[c];
   }
+  for (int64_t lane = 0; lane < int64_t(r.lane_scales.size()); ++lane) r.lane_scales[lane] = r.scales[lane * LANES / X_BLOCK];
   return r;
 }
 
@@ -397,7 +381,7 @@ void quantized_matmul(int bits, const float* x, const uint8_t* codes, const floa
   auto work = std::make_shared<Work>();
   work->layer = Layer{split.empty() ? x : split.data(), codes, scales, offsets, sums.data(), y,
                       bits, rows, in, out, groups, group_size,
-                      rounded.words.data(), rounded.bytes.data(), rounded.scales.data(), rounded.lane_scales.data()};
+                      rounded.codes.data(), rounded.scales.data(), rounded.lane_scales.data()};
   work->rows_per_task = std::max<int64_t>(1, TASK_BYTES / (bits == 8 ? in : in / 2));
   work->tasks = (out + work->rows_per_task - 1) / work->rows_per_task;
   on_threads(std::max<int64_t>(0, std::min(helpers, work->tasks - 1)), [work] { work->drain(); });
