@@ -5,7 +5,9 @@ float32 weights, saved once; from that folder both twins load float32, int8 (one
 channel) and int4-g32, and the project's GGUF writer exports F32, Q8_0 and Q4_0 files that
 llama.cpp (llama-cpp-python) decodes. Every runner decodes greedily from the same 32-token prompt
 (prompt included in the time), never stopping early; best of PASSES passes taken round-robin
-after a warm-up, so every runner meets the same spells of load. Each quantized figure is printed
+after a warm-up, so every runner meets the same spells of load. The torch twin runs eager and
+compiled (generate(compile=True): inductor over frozen weights, the quantized layers calling the
+kernel as an operator), each against its own float32 model. Each quantized figure is printed
 as a ratio to the float32 model of the same twin, and to llama.cpp's file of the same bit width.
 
 Kernels: the torch twin's quantized layers run with kernel "cpu", the Flax twin's with "auto": both
@@ -58,15 +60,16 @@ def save_random_model(directory: str, size: str) -> LlamaConfig:
 
 
 def twin_runners(directory: str, prompt: np.ndarray, new: int) -> dict:
-    """{label: run} for both twins in every mode."""
+    """{label: run} for both twins in every mode, the torch twin eager and compiled."""
     runners = {}
     ids = torch.from_numpy(prompt)
     for name, settings, _ in MODES:
         model = LlamaForCausalLM.from_pretrained(directory)
         if settings is not None:
             torch_quant.use_kernel(torch_quant.quantize(model, settings), "cpu")
-        runners[f"torch {name}"] = (lambda m: lambda: m.generate(ids, max_new_tokens=new, do_sample=False,
-                                                                 eos_token_id=[]))(model)
+        for twin, compile in (("torch", False), ("torch-compiled", True)):
+            runners[f"{twin} {name}"] = (lambda m, c: lambda: m.generate(ids, max_new_tokens=new, do_sample=False,
+                                                                         eos_token_id=[], compile=c))(model, compile)
     for name, settings, _ in MODES:
         model = FlaxLlamaForCausalLM.from_pretrained(directory, quantization=settings)
         runners[f"flax {name}"] = (lambda m: lambda: np.asarray(m.generate(prompt, max_new_tokens=new, do_sample=False,
@@ -143,7 +146,7 @@ def main() -> None:
             for name, rate in tok_s.items():
                 twin, mode = name.split(" ", 1)
                 run = {"batch": batch, "impl": name, "tok_s": round(rate, 1)}
-                if twin in ("torch", "flax"):
+                if twin != "llama.cpp":
                     run["vs_float32"] = round(rate / tok_s[f"{twin} float32"], 2)
                     llama_type = dict((m, g.upper()) for m, _, g in MODES)[mode]
                     if f"llama.cpp {llama_type}" in tok_s:
