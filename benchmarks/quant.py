@@ -10,9 +10,10 @@ compiled (generate(compile=True): inductor over frozen weights, the quantized la
 kernel as an operator), each against its own float32 model. Each quantized figure is printed
 as a ratio to the float32 model of the same twin, and to llama.cpp's file of the same bit width.
 
-Kernels: the torch twin's quantized layers run with kernel "cpu", the Flax twin's with "auto": both
-take llama_shared.native's C++ kernel here (decoding steps: x rounded to int16 per 32 columns,
-as llama.cpp rounds it to int8). llama.cpp loads weights as stored (use_extra_bufts=False): its repacked AMX/AVX512 layouts crash on this VM.
+Kernels: both twins' quantized layers run with the default kernel "auto": llama_shared.native's C++
+kernel for up to 32 input rows (decoding steps; the batch-1 prompt), x rounded to int16 per 32
+columns for one row (llama.cpp rounds it to int8); the portable product for more (batch 8's prompt).
+llama.cpp loads weights as stored (use_extra_bufts=False): its repacked AMX/AVX512 layouts crash on this VM.
 
     python -m benchmarks.quant [--size small|tiny] [--new-tokens 64] [--passes 3] [--batches 1,8]
 """
@@ -66,7 +67,7 @@ def twin_runners(directory: str, prompt: np.ndarray, new: int) -> dict:
     for name, settings, _ in MODES:
         model = LlamaForCausalLM.from_pretrained(directory)
         if settings is not None:
-            torch_quant.use_kernel(torch_quant.quantize(model, settings), "cpu")
+            torch_quant.quantize(model, settings)
         for twin, compile in (("torch", False), ("torch-compiled", True)):
             runners[f"{twin} {name}"] = (lambda m, c: lambda: m.generate(ids, max_new_tokens=new, do_sample=False,
                                                                          eos_token_id=[], compile=c))(model, compile)
