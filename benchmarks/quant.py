@@ -13,7 +13,6 @@ as a ratio to the float32 model of the same twin, and to llama.cpp's file of the
 Kernels: both twins' quantized layers run with the default kernel "auto": llama_shared.native's C++
 kernel for up to 32 input rows (decoding steps; the batch-1 prompt), x rounded to int16 per 32
 columns for one row (llama.cpp rounds it to int8); the portable product for more (batch 8's prompt).
-int4-g32-a8 rounds that row to int8 instead (activation_bits=8, llama.cpp's rounding).
 llama.cpp loads weights as stored (use_extra_bufts=False): its repacked AMX/AVX512 layouts crash on this VM.
 
     python -m benchmarks.quant [--size small|tiny] [--new-tokens 64] [--passes 3] [--batches 1,8]
@@ -49,8 +48,7 @@ from llama_twin.conversion import convert  # noqa: E402
 PROMPT = 32
 # (name, settings, llama.cpp file of the same bit width)
 MODES = [("float32", None, "f32"), ("int8", q.QuantizationConfig(8), "q8_0"),
-         ("int4-g32", q.QuantizationConfig(4, 32), "q4_0"),
-         ("int4-g32-a8", q.QuantizationConfig(4, 32, activation_bits=8), "q4_0")]
+         ("int4-g32", q.QuantizationConfig(4, 32), "q4_0")]
 
 
 def save_random_model(directory: str, size: str) -> LlamaConfig:
@@ -96,7 +94,7 @@ def llama_cpp_runners(directory: str, files: str, prompt: np.ndarray, new: int, 
 
     llama_cpp.llama.llama_cpp.llama_model_default_params = stored_layout
     runners = {}
-    for gguf_type in dict.fromkeys(g for _, _, g in MODES):
+    for _, _, gguf_type in MODES:
         path = os.path.join(files, f"model-{gguf_type}.gguf")
         start = time.perf_counter()
         if not os.path.exists(path):

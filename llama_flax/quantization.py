@@ -75,7 +75,7 @@ def native_matmul(x: Array, tensors: dict[str, Array], quantization: q.Quantizat
     out_features = tensors["qweight"].shape[0]
     product = jax.ffi.ffi_call(native.TARGETS[quantization.bits][0],
                                jax.ShapeDtypeStruct((rows.shape[0], out_features), jnp.float32))
-    y = product(rows, tensors["qweight"], scales, offsets, x_bits=np.int32(quantization.activation_bits))
+    y = product(rows, tensors["qweight"], scales, offsets)
     return y.astype(x.dtype).reshape(*x.shape[:-1], out_features)
 
 
@@ -180,12 +180,11 @@ def quantize(model: Any, quantization: str | q.QuantizationConfig = "int4", grou
     return model
 
 
-def use_kernel(model: Any, kernel: str, activation_bits: int | None = None) -> Any:
-    """Set how a quantized model's layers multiply (one of llama_shared.quantization.KERNELS; the CPU
-    kernel's rounding of one input row: ACTIVATION_BITS, None keeping it) and return the model."""
+def use_kernel(model: Any, kernel: str) -> Any:
+    """Set how a quantized model's layers multiply (one of llama_shared.quantization.KERNELS) and return it."""
     settings = q.config_quantization(model.config)
     if settings is None:
         raise ConfigError("the model is not quantized: there is no quantized kernel to choose")
-    model.config = q.with_quantization(model.config, q.with_kernel(settings, kernel, activation_bits))
+    model.config = q.with_quantization(model.config, q.with_kernel(settings, kernel))
     model.module = type(model).module_class(model.config, model.dtype, model.param_dtype)
     return model

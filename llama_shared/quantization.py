@@ -45,9 +45,6 @@ QUANTIZED_LEAVES = ("qweight", "scales", "zeros", "mins")
 # "portable" dequantizes and multiplies in plain framework ops (the reference), "cpu" insists on the
 # CPU kernel (an error where there is none).
 KERNELS = ("auto", "portable", "cpu")
-# How the CPU kernel rounds one input row (a decoding step at batch 1) for its integer product:
-# int16 (the default), or int8 for int4 layers, as llama.cpp does (docs/quantization.md, "Kernels").
-ACTIVATION_BITS = (16, 8)
 QUANT_METHOD = "llama-twin"
 CONFIG_KEY = "quantization_config"  # in config.json, as transformers names it
 METADATA_KEY = "quantization"  # in each safetensors file's __metadata__
@@ -77,8 +74,7 @@ class QuantizationConfig:
     scale_dtype None keeps scales in the model's dtype. modules are leaf names of the decoder's
     linear layers and lm_head (skipped when tied to the embedding), and embed_tokens for checkpoints
     that store it quantized; norms and task heads stay in float. kernel is how the layers multiply
-    (KERNELS) and activation_bits how the CPU kernel rounds one input row (ACTIVATION_BITS): run-time
-    choices, never compared, written only when not the default.
+    (KERNELS): a run-time choice, never compared, written only when not "auto".
     """
 
     bits: int
@@ -88,7 +84,6 @@ class QuantizationConfig:
     zero_point_domain: str = "int"
     scale_dtype: str | None = None
     kernel: str = field(default="auto", compare=False)
-    activation_bits: int = field(default=16, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "modules", tuple(self.modules))
@@ -113,9 +108,6 @@ class QuantizationConfig:
                               f"got {list(self.modules)!r}")
         if self.kernel not in KERNELS:
             raise ConfigError(f"quantization kernel must be one of {KERNELS}, got {self.kernel!r}")
-        if self.activation_bits not in ACTIVATION_BITS or self.activation_bits == 8 and self.bits != 4:
-            raise ConfigError(f"quantization activation_bits must be 16, or 8 for int4 layers; got "
-                              f"{self.activation_bits!r} for int{self.bits}")
 
     @classmethod
     def create(cls, quantization: "str | QuantizationConfig", group_size: int | None = None,
@@ -189,8 +181,6 @@ class QuantizationConfig:
         data = {"quant_method": QUANT_METHOD, **asdict(self), "modules": list(self.modules)}
         if self.kernel == "auto":
             del data["kernel"]
-        if self.activation_bits == 16:
-            del data["activation_bits"]
         return data
 
     @classmethod
@@ -297,10 +287,9 @@ def config_quantization(config: LlamaConfig) -> QuantizationConfig | None:
     return None if data is None else QuantizationConfig.from_dict(data, "config.json")
 
 
-def with_kernel(quantization: QuantizationConfig, kernel: str, activation_bits: int | None = None) -> QuantizationConfig:
-    """The same settings multiplied by another kernel (one of KERNELS), and rounding one input row to
-    activation_bits (one of ACTIVATION_BITS; None keeps the current choice)."""
-    return replace(quantization, kernel=kernel, activation_bits=activation_bits or quantization.activation_bits)
+def with_kernel(quantization: QuantizationConfig, kernel: str) -> QuantizationConfig:
+    """The same settings multiplied by another kernel (one of KERNELS)."""
+    return replace(quantization, kernel=kernel)
 
 
 def with_quantization(config: LlamaConfig, quantization: QuantizationConfig) -> LlamaConfig:

@@ -114,10 +114,9 @@ class QuantizedWeight(nn.Module):
         if rows.dtype != torch.float32 or not rows.is_contiguous():
             rows = rows.to(torch.float32).contiguous()
         if torch.compiler.is_compiling():
-            y = native.quantized_matmul(rows, *self.kernel_tensors(), self.quantization.bits,
-                                        self.quantization.activation_bits)
+            y = native.quantized_matmul(rows, *self.kernel_tensors(), self.quantization.bits)
         else:
-            y = self.kernel_operands().multiply(rows, self.quantization.activation_bits)
+            y = self.kernel_operands().multiply(rows)
         return (y if x.dtype == torch.float32 else y.to(x.dtype)).reshape(*x.shape[:-1], self.out_features)
 
     def kernel_operands(self) -> native.LayerOperands:
@@ -233,13 +232,12 @@ def quantize(model: nn.Module, quantization: str | q.QuantizationConfig = "int4"
     return model
 
 
-def use_kernel(model: nn.Module, kernel: str, activation_bits: int | None = None) -> nn.Module:
-    """Set how a quantized model's layers multiply (one of llama_shared.quantization.KERNELS; the CPU
-    kernel's rounding of one input row: ACTIVATION_BITS, None keeping it) and return the model."""
+def use_kernel(model: nn.Module, kernel: str) -> nn.Module:
+    """Set how a quantized model's layers multiply (one of llama_shared.quantization.KERNELS) and return it."""
     settings = q.config_quantization(model.config)
     if settings is None:
         raise ConfigError("the model is not quantized: there is no quantized kernel to choose")
-    settings = q.with_kernel(settings, kernel, activation_bits)
+    settings = q.with_kernel(settings, kernel)
     model.config = q.with_quantization(model.config, settings)
     for module in model.modules():
         if isinstance(module, QuantizedWeight):

@@ -29,7 +29,7 @@ def load() -> tuple[Any, str | None]:
         return None, str(e)
     function = library.llama_twin_quantized_matmul
     pointer, size = ctypes.c_void_p, ctypes.c_int64
-    function.argtypes = [ctypes.c_int, ctypes.c_int, pointer, pointer, pointer, pointer, pointer, size, size, size, size, size, size]
+    function.argtypes = [ctypes.c_int, pointer, pointer, pointer, pointer, pointer, size, size, size, size, size, size]
     function.restype = ctypes.c_char_p
     return function, None
 
@@ -51,12 +51,11 @@ class LayerOperands:
         self.pointers = (qweight.data_ptr(), scales.data_ptr(), None if offsets is None else offsets.data_ptr())
         self.code_columns, self.groups = qweight.shape[1], scales.shape[1]
 
-    def multiply(self, rows: torch.Tensor, activation_bits: int = 16) -> torch.Tensor:
-        """rows (n, in), float32 and contiguous, times the layer's W.T on torch's intra-op threads (one
-        row rounded to activation_bits)."""
+    def multiply(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows (n, in), float32 and contiguous, times the layer's W.T on torch's intra-op threads."""
         n, in_features = rows.shape
         y = torch.empty(n, self.out_features, dtype=torch.float32)
-        error = load()[0](self.bits, activation_bits, rows.data_ptr(), *self.pointers, y.data_ptr(), n, in_features,
+        error = load()[0](self.bits, rows.data_ptr(), *self.pointers, y.data_ptr(), n, in_features,
                           self.code_columns, self.out_features, self.groups, torch.get_num_threads())
         if error:
             raise ValueError(error.decode())
@@ -64,16 +63,15 @@ class LayerOperands:
 
 
 @torch.library.custom_op("llama_twin::quantized_matmul", mutates_args=(),
-                         schema="(Tensor rows, Tensor qweight, Tensor scales, Tensor? offsets, int bits, int activation_bits)"
-                                " -> Tensor")
+                         schema="(Tensor rows, Tensor qweight, Tensor scales, Tensor? offsets, int bits) -> Tensor")
 def quantized_matmul(rows: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None,
-                     bits: int, activation_bits: int) -> torch.Tensor:
-    """LayerOperands(bits, qweight, scales, offsets).multiply(rows, activation_bits) as one operator:
-    what a layer traced by torch.compile calls, its tensors being the graph's (frozen weights, on the CPU)."""
-    return LayerOperands(bits, qweight, scales, offsets).multiply(rows, activation_bits)
+                     bits: int) -> torch.Tensor:
+    """LayerOperands(bits, qweight, scales, offsets).multiply(rows) as one operator: what a layer
+    traced by torch.compile calls, its tensors being the graph's (frozen weights, on the CPU)."""
+    return LayerOperands(bits, qweight, scales, offsets).multiply(rows)
 
 
 @quantized_matmul.register_fake
 def _(rows: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None,
-      bits: int, activation_bits: int) -> torch.Tensor:
+      bits: int) -> torch.Tensor:
     return rows.new_empty(rows.shape[0], qweight.shape[0])

@@ -94,18 +94,6 @@ def test_the_kernel_is_neither_compared_nor_written_unless_chosen():
     assert q.QuantizationConfig.from_dict(portable.to_dict(), "test").kernel == "portable"
 
 
-def test_activation_bits_are_a_run_time_choice_for_int4_only():
-    rounded = q.with_kernel(SETTINGS["int4-g32"], "cpu", activation_bits=8)
-    assert rounded == SETTINGS["int4-g32"] and (rounded.kernel, rounded.activation_bits) == ("cpu", 8)
-    assert "activation_bits" not in SETTINGS["int4-g32"].to_dict() and rounded.to_dict()["activation_bits"] == 8
-    assert q.QuantizationConfig.from_dict(rounded.to_dict(), "test").activation_bits == 8
-    assert q.with_kernel(rounded, "auto").activation_bits == 8
-    with pytest.raises(ConfigError, match="activation_bits must be 16, or 8 for int4 layers; got 8 for int8"):
-        q.with_kernel(SETTINGS["int8"], "cpu", activation_bits=8)
-    with pytest.raises(ConfigError, match="activation_bits must be 16, or 8 for int4 layers; got 4 for int4"):
-        q.QuantizationConfig(4, 32, activation_bits=4)
-
-
 @pytest.mark.parametrize("type_name", ["Q8_0", "Q4_0", "Q4_1"])
 def test_gguf_blocks_map_to_the_format_bit_for_bit(type_name):
     """Codes and float16 scales are copied from the blocks: the format's dequantization of them is

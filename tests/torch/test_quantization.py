@@ -40,7 +40,7 @@ def test_compiled_quantized_layers_call_the_native_kernel(name, monkeypatch):
     equal to the eager call; a compiled training step (x requiring grad) takes the portable product."""
     calls = []
     multiply = native.LayerOperands.multiply
-    monkeypatch.setattr(native.LayerOperands, "multiply", lambda self, rows, bits: calls.append(rows.shape) or multiply(self, rows, bits))
+    monkeypatch.setattr(native.LayerOperands, "multiply", lambda self, rows: calls.append(rows.shape) or multiply(self, rows))
     settings = q.with_kernel(SETTINGS[name], "cpu")
     layer = quantized_layer(settings)
     x = torch.randn(1, 64)

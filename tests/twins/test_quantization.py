@@ -3,7 +3,6 @@ errors. The format and its numpy reference: tests/core; the torch twin under tor
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
@@ -289,48 +288,45 @@ def test_a_config_that_disagrees_with_the_checkpoint_metadata_is_refused(int4_ch
 # Kernels
 
 
-def rounded_x(x: np.ndarray, activation_bits: int) -> np.ndarray:
-    """x as the kernel's one-row product sees it: each block of 32 columns rounded to steps of
-    max |x| / 32767 (activation_bits 16) or max |x| / 127 (8), in float32 as quantized_matmul.h
-    computes them."""
-    levels = np.float32(32767 if activation_bits == 16 else 127)
+def rounded_to_int16(x: np.ndarray) -> np.ndarray:
+    """x as the kernel's one-row product sees it: each block of 32 columns rounded to int16 steps of
+    max |x| / 32767, in float32 as quantized_matmul.h computes them."""
+    blocks = np.split(x, range(32, x.shape[-1], 32), axis=-1)
     out = []
-    for block in np.split(x, range(32, x.shape[-1], 32), axis=-1):
+    for block in blocks:
         largest = np.abs(block).max(axis=-1, keepdims=True)
+        levels = np.float32(32767)
         out.append(np.rint(block * (levels / largest)) * (largest / levels).astype(np.float64))
     return np.concatenate(out, axis=-1)
 
 
 def weight_parts(tensors: dict, settings: q.QuantizationConfig) -> tuple[np.ndarray, np.ndarray]:
     """(scale * stored code, the value of stored code 0) in float64, whose sum is the weight (int4
-    stores code + 8): the kernel multiplies the first by x's rounding (rounded_x) and the second by x."""
+    stores code + 8): the kernel multiplies the first by x's int16 rounding and the second by x."""
     offsets = q.dequantize({**tensors, "qweight": np.zeros_like(tensors["qweight"])}, settings).astype(np.float64)
     return q.dequantize(tensors, settings).astype(np.float64) - offsets, offsets
 
 
 def kernel_reference(x: np.ndarray, tensors: dict, settings: q.QuantizationConfig) -> np.ndarray:
     """The native kernel's product in float64: several input rows meet both weight_parts as they are,
-    one input row meets the codes' part rounded (rounded_x) and the rest as it is."""
+    one input row meets the codes' part rounded to int16 (rounded_to_int16) and the rest as it is."""
     codes, offsets = weight_parts(tensors, settings)
-    rounded = rounded_x(x, settings.activation_bits) if x.shape[-2] == 1 else x
+    rounded = rounded_to_int16(x) if x.shape[-2] == 1 else x
     return rounded @ codes.T + x.astype(np.float64) @ offsets.T
 
 
 KERNEL_SETTINGS = {**{name: SETTINGS[name] for name in ("int8", "int4-g32", "int4-g64-zp", "int4-g32-fzp",
                                                           "int8-g32", "int4-g16")},
-                   "int8-g16-zp": q.QuantizationConfig(8, 16, symmetric=False),
-                   **{f"{name}-a8": dataclasses.replace(SETTINGS[name], activation_bits=8)
-                      for name in ("int4-g32", "int4-g64-zp", "int4-g32-fzp", "int4-g16")}}
+                   "int8-g16-zp": q.QuantizationConfig(8, 16, symmetric=False)}
 
 
 @pytest.mark.parametrize("rows, odd", [(1, False), (1, True), (5, True)])
 @pytest.mark.parametrize("name", sorted(KERNEL_SETTINGS))
 def test_cpu_kernels_compute_their_documented_product(name, rows, odd):
-    """Both twins' native kernel equals kernel_reference, and stays within x's rounding's bound of
+    """Both twins' native kernel equals kernel_reference, and stays within the int16 rounding's bound of
     the portable product: widths of 4 int4 steps of 64 columns, and odd ones (288: 4 steps and 32
     columns; 320: 5 steps); groups of 16, 32, 64 and whole rows; one input row, and rows in fours
-    plus a rest; 63 output rows (weight rows in pairs plus a rest); one row rounded to int16 and, for
-    int4 ("-a8"), to int8."""
+    plus a rest; 63 output rows (weight rows in pairs plus a rest)."""
     settings = KERNEL_SETTINGS[name]
     width = 256 if not odd else 288 if 288 % (settings.group_size or 32) == 0 else 320
     rng = np.random.default_rng(5)
@@ -346,7 +342,7 @@ def test_cpu_kernels_compute_their_documented_product(name, rows, odd):
         getattr(layer, leaf).copy_(torch.from_numpy(array))
     with torch.no_grad():
         np.testing.assert_allclose(layer(torch.from_numpy(x)).numpy()[0], expected, atol=1e-4, rtol=0)
-    bound = np.abs(rounded_x(x[0], settings.activation_bits) - x[0]) @ np.abs(weight_parts(tensors, settings)[0]).T if rows == 1 else 0
+    bound = np.abs(rounded_to_int16(x[0]) - x[0]) @ np.abs(weight_parts(tensors, settings)[0]).T if rows == 1 else 0
     assert np.all(np.abs(np.asarray(native)[0] - np.asarray(portable)[0]) <= bound + 1e-4)
 
 
