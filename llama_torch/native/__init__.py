@@ -67,8 +67,10 @@ class LayerOperands:
 def quantized_matmul(rows: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None,
                      bits: int) -> torch.Tensor:
     """LayerOperands(bits, qweight, scales, offsets).multiply(rows) as one operator: what a layer
-    traced by torch.compile calls, its tensors being the graph's (frozen weights, on the CPU)."""
-    return LayerOperands(bits, qweight, scales, offsets).multiply(rows)
+    traced by torch.compile calls, its tensors being the graph's (frozen weights, on the CPU; made
+    contiguous here, as the kernel reads raw pointers and inductor may choose the strides)."""
+    return LayerOperands(bits, qweight.contiguous(), scales.contiguous(),
+                         None if offsets is None else offsets.contiguous()).multiply(rows.contiguous())
 
 
 @quantized_matmul.register_fake
