@@ -13,25 +13,22 @@ from llama_torch import quantization as torch_quant
 from tests.cases import QUANTIZATION_SETTINGS as SETTINGS
 
 
-def test_quantized_linear_runs_under_torch_compile():
-    """Compiled, a quantized layer takes the portable product (inductor fuses its dequantization)."""
-    settings = q.with_kernel(SETTINGS["int4-g32"], "portable")
-    layer = torch_quant.QuantizedLinear(64, 64, True, settings)
-    for leaf, array in q.quantize(np.random.default_rng(4).standard_normal((64, 64)).astype(np.float32),
-                                  settings).items():
-        getattr(layer, leaf).copy_(torch.from_numpy(array))
-    x = torch.randn(3, 64)
-    with torch.no_grad():
-        compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
-        torch.testing.assert_close(compiled(x), layer(x), atol=1e-6, rtol=0)
-
-
 def quantized_layer(settings: q.QuantizationConfig, in_features: int = 64, out_features: int = 48) -> torch.nn.Module:
+    """A QuantizedLinear with bias holding a random weight quantized by settings."""
     layer = torch_quant.QuantizedLinear(in_features, out_features, True, settings)
     weight = np.random.default_rng(5).standard_normal((out_features, in_features)).astype(np.float32)
     for leaf, array in q.quantize(weight, settings).items():
         getattr(layer, leaf).copy_(torch.from_numpy(array))
     return layer
+
+
+def test_quantized_linear_runs_under_torch_compile():
+    """Compiled, a quantized layer takes the portable product (inductor fuses its dequantization)."""
+    layer = quantized_layer(q.with_kernel(SETTINGS["int4-g32"], "portable"), out_features=64)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+        torch.testing.assert_close(compiled(x), layer(x), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["int4-g32", "int4-g32-fzp", "int8"])
