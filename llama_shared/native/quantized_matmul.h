@@ -102,6 +102,7 @@ struct Layer {
   const float* scales;      // (out, groups)
   const float* offsets;     // (out, groups) or null
   const float* group_sums;  // (rows, groups): sum of x over each group's columns
+  const float* nibble_group_sums;  // -8 times the first row's group sums (int4: the nibbles' offset)
   float* y;                 // (rows, out)
   int64_t bits, rows, in, out, groups, group_size;
   // One input row, rounded: x ~ x_codes * x_scales[column / X_BLOCK]. For int4 each full NIBBLE_STEP
@@ -116,11 +117,21 @@ struct Layer {
   }
 };
 
-// sum over groups of offset * sum(x) for output row o and the first input row.
+// The dot product of n floats (vectorised LANES at a time, the rest one by one).
+inline float dot(const float* a, const float* b, int64_t n) {
+  f32x8 acc = {};
+  int64_t i = 0;
+  for (; i + LANES <= n; i += LANES) acc += load(a + i) * load(b + i);
+  float sum = total(acc);
+  for (; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+// sum over groups of offset * sum(x) for output row o and the first input row: the stored offsets'
+// dot with the group sums, and for int4 the scales' with -8 times them (nibble_group_sums).
 inline float offset_sum(const Layer& l, int64_t o) {
-  float sum = 0;
-  if (l.offsets || l.bits == 4)
-    for (int64_t g = 0; g < l.groups; ++g) sum += l.offset(o, g) * l.group_sums[g];
+  float sum = l.offsets ? dot(l.offsets + o * l.groups, l.group_sums, l.groups) : 0.0f;
+  if (l.bits == 4) sum += dot(l.scales + o * l.groups, l.nibble_group_sums, l.groups);
   return sum;
 }
 
@@ -363,7 +374,7 @@ void quantized_matmul(int bits, const float* x, const uint8_t* codes, const floa
   // Per input row: the sum of each group's columns; several rows of int4 also split into even
   // columns, then odd ones; one row is rounded (round_row).
   const int64_t group_size = in / groups;
-  std::vector<float> split(bits == 4 && rows > 1 ? rows * in : 0), sums(rows * groups);
+  std::vector<float> split(bits == 4 && rows > 1 ? rows * in : 0), sums(rows * groups), nibble_sums(groups);
   for (int64_t r = 0; r < rows; ++r) {
     const float* row = x + r * in;
     for (int64_t g = 0; g < groups; ++g) {
@@ -376,10 +387,11 @@ void quantized_matmul(int bits, const float* x, const uint8_t* codes, const floa
       split[r * in + in / 2 + j] = row[2 * j + 1];
     }
   }
+  for (int64_t g = 0; g < groups; ++g) nibble_sums[g] = -8.0f * sums[g];
   RoundedRow rounded;
   if (rows == 1) rounded = round_row(x, in, bits);
   auto work = std::make_shared<Work>();
-  work->layer = Layer{split.empty() ? x : split.data(), codes, scales, offsets, sums.data(), y,
+  work->layer = Layer{split.empty() ? x : split.data(), codes, scales, offsets, sums.data(), nibble_sums.data(), y,
                       bits, rows, in, out, groups, group_size,
                       rounded.codes.data(), rounded.scales.data(), rounded.lane_scales.data()};
   work->rows_per_task = std::max<int64_t>(1, TASK_BYTES / (bits == 8 ? in : in / 2));
