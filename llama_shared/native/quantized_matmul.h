@@ -36,8 +36,8 @@ namespace llama_twin {
 // Bytes of codes per task: each thread streams long runs of consecutive rows (tasks of 16 rows, 8 KB
 // of int4 codes, interleaved between two threads ran 1.3-1.5x slower: the prefetchers lost the stream).
 constexpr int64_t TASK_BYTES = 128 << 10;
-constexpr int X_ROWS = 4;  // input rows multiplied together by the decoded weight rows
-constexpr int W_ROWS = 2;  // weight rows decoded and multiplied together (several input rows)
+constexpr int X_ROWS = 2;  // input rows multiplied together by the decoded weight rows
+constexpr int W_ROWS = 4;  // weight rows decoded and multiplied together (several input rows)
 constexpr int64_t X_BLOCK = 32;      // columns of x rounded to int16 with one scale (one input row)
 constexpr float X_LEVELS = 32767;    // the block's largest |x| becomes +-X_LEVELS
 constexpr int64_t NIBBLE_STEP = 64;  // int4 columns per 32-byte load: 16 words of four nibbles
