@@ -15,7 +15,7 @@ kernel for up to 32 input rows (decoding steps; the batch-1 prompt), x rounded t
 columns for one row (llama.cpp rounds it to int8); the portable product for more (batch 8's prompt).
 llama.cpp loads weights as stored (use_extra_bufts=False): its repacked AMX/AVX512 layouts crash on this VM.
 
-    python -m benchmarks.quant [--size small|tiny] [--new-tokens 64] [--passes 3] [--batches 1,8]
+    python -m benchmarks.quant [--size small|tiny] [--new-tokens 64] [--passes 5] [--batches 1,8]
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def llama_cpp_runners(directory: str, files: str, prompt: np.ndarray, new: int, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
-    parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--passes", type=int, default=5)
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)

@@ -325,8 +325,9 @@ KERNEL_SETTINGS = {**{name: SETTINGS[name] for name in ("int8", "int4-g32", "int
 def test_cpu_kernels_compute_their_documented_product(name, rows, odd):
     """Both twins' native kernel equals kernel_reference, and stays within the int16 rounding's bound of
     the portable product: widths of 4 int4 steps of 64 columns, and odd ones (288: 4 steps and 32
-    columns; 320: 5 steps); groups of 16, 32, 64 and whole rows; one input row, and rows in fours
-    plus a rest; 63 output rows (weight rows in pairs plus a rest)."""
+    columns; 320: 5 steps); groups of 16, 32, 64 and whole rows (a row's group offsets summed
+    in vectorised eights and a rest); one input row, and rows in pairs plus a rest; 63 output rows
+    (weight rows in fours plus a rest)."""
     settings = KERNEL_SETTINGS[name]
     width = 256 if not odd else 288 if 288 % (settings.group_size or 32) == 0 else 320
     rng = np.random.default_rng(5)
