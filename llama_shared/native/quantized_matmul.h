@@ -41,6 +41,7 @@ constexpr int W_ROWS = 4;  // weight rows decoded and multiplied together (sever
 constexpr int64_t X_BLOCK = 32;      // columns of x rounded to int16 with one scale (one input row)
 constexpr float X_LEVELS = 32767;    // the block's largest |x| becomes +-X_LEVELS
 constexpr int64_t NIBBLE_STEP = 64;  // int4 columns per 32-byte load: 16 words of four nibbles
+constexpr float NIBBLE_OFFSET = 8;   // an int4 code is stored as the nibble code + NIBBLE_OFFSET
 
 // Eight lanes in GCC / Clang vector extensions: AVX2 registers with -march=native on x86, two NEON
 // registers on ARM.
@@ -102,7 +103,6 @@ struct Layer {
   const float* scales;      // (out, groups)
   const float* offsets;     // (out, groups) or null
   const float* group_sums;  // (rows, groups): sum of x over each group's columns
-  const float* nibble_group_sums;  // -8 times the first row's group sums (int4: the nibbles' offset)
   float* y;                 // (rows, out)
   int64_t bits, rows, in, out, groups, group_size;
   // One input row, rounded: x ~ x_codes * x_scales[column / X_BLOCK]. For int4 each full NIBBLE_STEP
@@ -113,7 +113,7 @@ struct Layer {
   const float* lane_x_scales;
 
   float offset(int64_t o, int64_t g) const {  // of the stored code, for int4 the nibble (code + 8)
-    return (offsets ? offsets[o * groups + g] : 0.0f) - (bits == 4 ? 8.0f * scales[o * groups + g] : 0.0f);
+    return (offsets ? offsets[o * groups + g] : 0.0f) - (bits == 4 ? NIBBLE_OFFSET * scales[o * groups + g] : 0.0f);
   }
 };
 
@@ -128,10 +128,10 @@ inline float dot(const float* a, const float* b, int64_t n) {
 }
 
 // sum over groups of offset * sum(x) for output row o and the first input row: the stored offsets'
-// dot with the group sums, and for int4 the scales' with -8 times them (nibble_group_sums).
+// dot with the group sums, less for int4 NIBBLE_OFFSET times the scales' dot with them.
 inline float offset_sum(const Layer& l, int64_t o) {
   float sum = l.offsets ? dot(l.offsets + o * l.groups, l.group_sums, l.groups) : 0.0f;
-  if (l.bits == 4) sum += dot(l.scales + o * l.groups, l.nibble_group_sums, l.groups);
+  if (l.bits == 4) sum -= NIBBLE_OFFSET * dot(l.scales + o * l.groups, l.group_sums, l.groups);
   return sum;
 }
 
@@ -374,7 +374,7 @@ void quantized_matmul(int bits, const float* x, const uint8_t* codes, const floa
   // Per input row: the sum of each group's columns; several rows of int4 also split into even
   // columns, then odd ones; one row is rounded (round_row).
   const int64_t group_size = in / groups;
-  std::vector<float> split(bits == 4 && rows > 1 ? rows * in : 0), sums(rows * groups), nibble_sums(groups);
+  std::vector<float> split(bits == 4 && rows > 1 ? rows * in : 0), sums(rows * groups);
   for (int64_t r = 0; r < rows; ++r) {
     const float* row = x + r * in;
     for (int64_t g = 0; g < groups; ++g) {
@@ -387,11 +387,10 @@ void quantized_matmul(int bits, const float* x, const uint8_t* codes, const floa
       split[r * in + in / 2 + j] = row[2 * j + 1];
     }
   }
-  for (int64_t g = 0; g < groups; ++g) nibble_sums[g] = -8.0f * sums[g];
   RoundedRow rounded;
   if (rows == 1) rounded = round_row(x, in, bits);
   auto work = std::make_shared<Work>();
-  work->layer = Layer{split.empty() ? x : split.data(), codes, scales, offsets, sums.data(), nibble_sums.data(), y,
+  work->layer = Layer{split.empty() ? x : split.data(), codes, scales, offsets, sums.data(), y,
                       bits, rows, in, out, groups, group_size,
                       rounded.codes.data(), rounded.scales.data(), rounded.lane_scales.data()};
   work->rows_per_task = std::max<int64_t>(1, TASK_BYTES / (bits == 8 ? in : in / 2));
