@@ -2,9 +2,9 @@
 
 Parameter paths are transformers' Flax paths (model/layers/0/self_attn/q_proj/kernel, kernels
 [in, out]). Numerics follow the contract in docs/numerics.md: RMSNorm in float32 and cast back before the
-weight, RoPE tables in float32 from llama_shared.rope, softmax in float32
-(jax.nn.dot_product_attention), GQA without repeating K/V. The cache is functional: layers take
-their LayerCache and return the updated one.
+weight, RoPE tables in float32 from llama_shared.rope, attention logits and softmax in float32
+(grouped_attention: jax.nn.dot_product_attention's math), GQA without repeating K/V. The cache is
+functional: layers take their LayerCache and return the updated one.
 
 With scan_layers=True the decoder layers run as one nn.scan over a stack of their params (a
 leading layer axis: model/layers/self_attn/q_proj/kernel is (layers, in, out)), so compile time and
@@ -14,6 +14,7 @@ and checkpoints on disk keep the per-layer layout.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any
 
@@ -45,6 +46,9 @@ ACTIVATIONS = {"silu": nn.silu, "swish": nn.silu, "relu": nn.relu,
                "gelu": lambda x: nn.gelu(x, approximate=False),
                "gelu_new": lambda x: nn.gelu(x, approximate=True),
                "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True)}
+# Masked logits, as jax.nn.dot_product_attention sets them: finite, so a row with no allowed key
+# stays finite (and is zeroed after), and far below any real logit.
+LARGE_NEGATIVE = -0.7 * float(jnp.finfo(jnp.float32).max)
 # What a decoder layer keeps for the backward pass: everything ("none": no remat), nothing
 # ("full": recompute the layer), or only matmul outputs ("dots_saveable").
 REMAT_POLICIES = {"none": None, "full": None, "dots_saveable": jax.checkpoint_policies.dots_saveable}
@@ -107,22 +111,61 @@ class LlamaRotaryEmbedding(nn.Module):
 
 def dot_product_attention(q: Array, k: Array, v: Array, allowed: Array | None,
                           segment_ids: Array | None = None) -> Array:
-    """Softmax attention on (batch, seq, heads, head_dim) arrays; K/V keep their kv heads.
+    """Softmax attention of q (batch, seq, heads, head_dim) over k/v (batch * kv_heads, keys,
+    head_dim), the cache's layout; K/V keep their kv heads.
 
     allowed None means plainly causal (no padding, no cache): on a GPU with half-precision inputs
-    that runs cuDNN's fused kernel, elsewhere XLA's. segment_ids, given when allowed is exactly
-    causal within documents (a packed row), lets a segment-aware kernel run instead of the grid:
-    Splash attention on a TPU, cuDNN with the document mask on a GPU (llama_flax.kernels). A query
-    with no allowed key (left padding) outputs zeros.
+    that runs cuDNN's fused kernel, elsewhere grouped_attention. segment_ids, given when allowed is
+    exactly causal within documents (a packed row), lets a segment-aware kernel run instead of the
+    grid: Splash attention on a TPU, cuDNN with the document mask on a GPU (llama_flax.kernels). A
+    query with no allowed key (left padding) outputs zeros.
     """
+    batch = q.shape[0]
     if segment_ids is not None:
-        out = kernels.packed_attention(q, k, v, segment_ids)
+        out = kernels.packed_attention(q, kv_columns(k, batch), kv_columns(v, batch), segment_ids)
         if out is not None:
             return out
-    implementation = "cudnn" if allowed is None and kernels.cudnn_supports(q) else "xla"
-    out = jax.nn.dot_product_attention(q, k, v, mask=allowed, is_causal=allowed is None,
-                                       implementation=implementation)
+    if allowed is None and kernels.cudnn_supports(q):
+        return jax.nn.dot_product_attention(q, kv_columns(k, batch), kv_columns(v, batch), is_causal=True,
+                                            implementation="cudnn")
+    out = grouped_attention(q, k, v, allowed)
     return out if allowed is None else jnp.where(query_has_keys(allowed), out, 0.0)
+
+
+def grouped_attention(q: Array, k: Array, v: Array, allowed: Array | None) -> Array:
+    """jax.nn.dot_product_attention's XLA math (float32 logits and softmax), with the query heads
+    and positions that share a kv head as the rows of one batched dot over k/v (batch * kv_heads,
+    keys, head_dim). jax's vmap over the query groups had XLA:CPU copy every layer's keys into
+    another layout, three times slower for one decoding query. allowed: (batch, 1 or heads, seq,
+    keys), or None for causal."""
+    batch, seq, heads, head_dim = q.shape
+    kv_heads, keys = k.shape[0] // batch, k.shape[1]
+    groups = heads // kv_heads
+    rows = q.reshape(batch, seq, kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
+    logits = jnp.einsum("xrd,xsd->xrs", rows.reshape(batch * kv_heads, groups * seq, head_dim), k,
+                        preferred_element_type=jnp.float32)
+    logits = logits.reshape(batch, kv_heads, groups, seq, keys) * jnp.float32(1 / math.sqrt(head_dim))
+    if allowed is None:
+        allowed = jnp.tril(jnp.ones((seq, keys), bool))
+    elif allowed.shape[1] == 1:
+        allowed = allowed[:, :, None]
+    else:
+        allowed = allowed.reshape(allowed.shape[0], kv_heads, groups, seq, keys)
+    logits = jnp.where(allowed, logits, LARGE_NEGATIVE)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("xrs,xsd->xrd", probs.reshape(batch * kv_heads, groups * seq, keys), v)
+    return out.reshape(batch, kv_heads, groups, seq, head_dim).transpose(0, 3, 1, 2, 4).reshape(q.shape)
+
+
+def kv_rows(x: Array) -> Array:
+    """(batch, seq, kv_heads, head_dim) -> (batch * kv_heads, seq, head_dim), the cache's layout."""
+    batch, seq, kv_heads, head_dim = x.shape
+    return x.swapaxes(1, 2).reshape(batch * kv_heads, seq, head_dim)
+
+
+def kv_columns(x: Array, batch: int) -> Array:
+    """kv_rows undone: (batch * kv_heads, seq, head_dim) -> (batch, seq, kv_heads, head_dim)."""
+    return x.reshape(batch, -1, *x.shape[1:]).swapaxes(1, 2)
 
 
 class LlamaAttention(nn.Module):
@@ -151,6 +194,7 @@ class LlamaAttention(nn.Module):
         v = self.v_proj(x).reshape(batch, seq, c.num_key_value_heads, c.head_dim)
         q = constrain(apply_rotary(q, cos, sin), "batch", "length", "heads", "head_dim")
         k = constrain(apply_rotary(k, cos, sin), "batch", "length", "kv_heads", "head_dim")
+        k, v = kv_rows(k), kv_rows(v)
         if cache is not None:
             cache = cache.update(k, v, cache_position)
             k, v = cache.arrays()

@@ -1,4 +1,8 @@
-"""The static KV cache: per layer (batch, max_length, kv_heads, head_dim), zero-filled, allocated once."""
+"""The static KV cache: per layer (batch, kv_heads, max_length, head_dim), zero-filled, allocated once.
+
+Heads before slots is the layout scaled_dot_product_attention reads, so a decoding step reads each
+layer's keys and values where they lie.
+"""
 
 from __future__ import annotations
 
@@ -17,13 +21,13 @@ class KVCache:
 
     def __init__(self, config: LlamaConfig, batch_size: int, max_length: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", kv_heads: int | None = None):
-        shape = (batch_size, max_length, kv_heads or config.num_key_value_heads, config.head_dim)
+        shape = (batch_size, kv_heads or config.num_key_value_heads, max_length, config.head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
 
     @property
     def max_length(self) -> int:
-        return self.keys[0].shape[1]
+        return self.keys[0].shape[2]
 
     @property
     def batch_size(self) -> int:
@@ -31,9 +35,9 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor,
                cache_position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k/v (batch, seq, kv_heads, head_dim) at slots cache_position; return the whole layer."""
-        self.keys[layer].index_copy_(1, cache_position, k.to(self.keys[layer].dtype))
-        self.values[layer].index_copy_(1, cache_position, v.to(self.values[layer].dtype))
+        """Store k/v (batch, kv_heads, seq, head_dim) at slots cache_position; return the whole layer."""
+        self.keys[layer].index_copy_(2, cache_position, k.to(self.keys[layer].dtype))
+        self.values[layer].index_copy_(2, cache_position, v.to(self.values[layer].dtype))
         return self.keys[layer], self.values[layer]
 
     def reset(self) -> None:

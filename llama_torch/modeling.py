@@ -84,12 +84,13 @@ class LlamaRotaryEmbedding(nn.Module):
 
 def dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None,
                           dropout: float) -> torch.Tensor:
-    """Softmax attention on (batch, seq, heads, head_dim) tensors; K/V keep their kv heads.
+    """Softmax attention of q (batch, seq, heads, head_dim) over k/v (batch, kv_heads, keys, head_dim),
+    the cache's layout; K/V keep their kv heads.
 
     allowed None means plainly causal (no padding, no cache), which lets SDPA pick a fused kernel.
     A query with no allowed key (left padding) outputs zeros.
     """
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    q = q.transpose(1, 2)
     groups = q.shape[1] // k.shape[1]
     kwargs = {}
     if groups > 1 and _SDPA_HAS_GQA:
@@ -122,6 +123,7 @@ class LlamaAttention(nn.Module):
         k = self.k_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v, cache_position)
         dropout = self.config.attention_dropout if self.training else 0.0

@@ -46,6 +46,10 @@ FLAX_ONLY = {
         "LlamaScannedLayer",  # a decoder layer as nn.scan's body (scan_layers is a JAX compile-time feature)
         "LlamaLayers",  # the layer loop as a module of its own, so remat can wrap each layer and scan them
         "masked_cross_entropy",  # optax has no ignore_index; torch's cross_entropy does
+        # Attention as XLA:CPU runs it over the cache in place (torch's SDPA is one call) ...
+        "LARGE_NEGATIVE", "grouped_attention",
+        # ... and the cache's (batch * kv_heads, slots, head_dim) layout to and from (batch, slots, kv_heads, head_dim)
+        "kv_rows", "kv_columns",
         "FlaxLlamaModel", "FlaxLlamaForCausalLM", "FlaxLlamaForSequenceClassification",
         "FlaxLlamaForQuestionAnswering", "FlaxLlamaForTokenClassification",  # module + params holders
     },
