@@ -36,7 +36,7 @@ from llama_shared import rope
 from llama_shared.config import LlamaConfig
 from llama_shared.heads import (IGNORE_INDEX, packed_labels, require_pad_for_batch, sequence_problem_type,
                                 token_classifier_dropout)
-from llama_shared.masks import (check_segment_ids, is_packed_causal, model_attention_allowed,
+from llama_shared.masks import (attention_allowed, check_segment_ids, is_packed_causal, model_attention_allowed,
                                 positions_from_segment_ids, query_has_keys)
 from llama_shared.outputs import (BaseModelOutput, CausalLMOutput, QuestionAnsweringOutput,
                                   SequenceClassifierOutput, TokenClassifierOutput)
@@ -146,8 +146,8 @@ def grouped_attention(q: Array, k: Array, v: Array, allowed: Array | None) -> Ar
                         preferred_element_type=jnp.float32)
     logits = logits.reshape(batch, kv_heads, groups, seq, keys) * jnp.float32(1 / math.sqrt(head_dim))
     if allowed is None:
-        allowed = jnp.tril(jnp.ones((seq, keys), bool))
-    elif allowed.shape[1] == 1:
+        allowed = attention_allowed(jnp.arange(seq), jnp.arange(keys))
+    if allowed.shape[1] == 1:
         allowed = allowed[:, :, None]
     else:
         allowed = allowed.reshape(allowed.shape[0], kv_heads, groups, seq, keys)
