@@ -2,26 +2,24 @@
 by torchrun) and the Flax twin over jax's devices, each on a (data, fsdp, tensor) mesh.
 
 One mesh spec serves both twins: -1 takes the rest of each one's world (the torch job's processes,
-jax's devices). A world of one process (or one device) loads the plain model.
+jax's devices). A world of one process (or one device) loads the plain model. Each twin (and its
+framework) is imported by the functions that run it, so that a command running one twin never
+waits for the other to import.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jax
-import torch
-import torch.distributed as dist
-import torch.multiprocessing
-
-from llama_flax import FlaxLlamaForCausalLM
-from llama_flax import parallel as flax_parallel
-from llama_torch import LlamaForCausalLM
+if TYPE_CHECKING:
+    from llama_flax import FlaxLlamaForCausalLM
+    from llama_torch import LlamaForCausalLM
 
 DEFAULT_MESH = "1,1,-1"  # tensor parallel over every process / device
 
@@ -78,6 +76,9 @@ def run_torch_job(command: str, fn: Callable[..., Any], nproc: int, *args: Any, 
     """fn(*args) on every rank of a torch job: this process's rank under torchrun, else nproc
     processes spawned here (timeout_s None: llama_torch.parallel's default). A rank whose fn fails on
     bad input prints `llama-twin COMMAND (rank R of N): message` on stderr; False when the job failed."""
+    import torch
+    import torch.multiprocessing
+
     parallel = torch_parallel()
     timeout_s = parallel.DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
     if launched_by_torchrun():
@@ -99,6 +100,8 @@ def run_torch_job(command: str, fn: Callable[..., Any], nproc: int, *args: Any, 
 
 
 def _report_errors(command: str, fn: Callable[..., Any], args: tuple) -> None:
+    import torch.distributed as dist
+
     try:
         fn(*args)
     except (ValueError, OSError) as error:  # bad input (LlamaTwinError is a ValueError), a missing file
@@ -109,6 +112,10 @@ def _report_errors(command: str, fn: Callable[..., Any], args: tuple) -> None:
 
 def load_torch(model_dir: str, mesh_sizes: tuple[int, int, int], dtype: str) -> LlamaForCausalLM:
     """The torch twin on this rank: sharded over the job's mesh, or the plain model in a job of one."""
+    import torch.distributed as dist
+
+    from llama_torch import LlamaForCausalLM
+
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return LlamaForCausalLM.from_pretrained(model_dir, dtype=dtype)
     parallel = torch_parallel()
@@ -117,7 +124,21 @@ def load_torch(model_dir: str, mesh_sizes: tuple[int, int, int], dtype: str) -> 
 
 def load_flax(model_dir: str, mesh_sizes: tuple[int, int, int], dtype: str) -> tuple[FlaxLlamaForCausalLM, Any]:
     """(model, mesh) of the Flax twin: sharded over jax's devices, or the plain model and None on one."""
+    import jax
+
+    from llama_flax import FlaxLlamaForCausalLM
+    from llama_flax import parallel as flax_parallel
+
     if jax.device_count() == 1:
         return FlaxLlamaForCausalLM.from_pretrained(model_dir, dtype=dtype), None
     mesh = flax_parallel.make_mesh(*mesh_sizes)
     return flax_parallel.from_pretrained_sharded(FlaxLlamaForCausalLM, model_dir, mesh, dtype=dtype), mesh
+
+
+def on_mesh(mesh: Any) -> contextlib.AbstractContextManager:
+    """jax.set_mesh(mesh) for a Flax twin that load_flax sharded; nothing for a model off a mesh (None)."""
+    if mesh is None:
+        return contextlib.nullcontext()
+    import jax
+
+    return jax.set_mesh(mesh)

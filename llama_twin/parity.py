@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from llama_shared.checkpoints import Checkpoint
 from llama_shared.config import LlamaConfig
-from llama_twin.backends import BACKENDS, get_backend
+from llama_twin.backends import BACKEND_NAMES, get_backend
 from llama_twin.distributed import load_torch, torch_parallel
 
 IMPLEMENTATIONS = ("flax", "torch", "transformers")
@@ -226,7 +226,7 @@ def compare_all(activations: dict[str, Activations], dtype: str, tolerance: floa
 
 def load_model(backend: str, model_dir: str | os.PathLike, dtype: str) -> Any:
     """A causal-LM of the checkpoint in one backend: "flax", "torch" or "transformers" (eager attention)."""
-    if backend in BACKENDS:
+    if backend in BACKEND_NAMES:
         return get_backend(backend).causal_lm.from_pretrained(model_dir, dtype=dtype)
     if backend == "transformers":
         import transformers  # optional: the third implementation, where installed
@@ -252,7 +252,7 @@ def run_model(model: Any, input_ids: Sequence[int]) -> Activations:
 
 def available_backends() -> list[str]:
     """flax and torch always (they are this package); transformers where it is installed."""
-    return [*BACKENDS, *(["transformers"] if importlib.util.find_spec("transformers") else [])]
+    return [*BACKEND_NAMES, *(["transformers"] if importlib.util.find_spec("transformers") else [])]
 
 
 def parity_report(model_dir: str | os.PathLike, input_ids: Sequence[int], dtype: str = "float32",

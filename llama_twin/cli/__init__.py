@@ -1,6 +1,9 @@
 """The `llama-twin` command: one entry point, one module per subcommand (generate, convert, parity,
 mask, train, perplexity, lm-eval), each with add_arguments(parser) and run(args) -> exit status.
 
+Only the chosen subcommand's module is imported (all of them for the top-level --help): each
+imports jax and/or torch, seconds apiece, which a command that needs neither should not wait for.
+
 An error is printed as one line naming the file, field or tensor at fault and the command exits 1
 (130 when interrupted); `--debug` (before or after the subcommand) shows the traceback instead.
 """
@@ -8,33 +11,42 @@ An error is printed as one line naming the file, field or tensor at fault and th
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from types import ModuleType
 
 from llama_shared.errors import LlamaTwinError
-from llama_twin.cli import convert, generate, harness, mask, parity, perplexity, train
 
-SUBCOMMANDS = {"generate": generate, "convert": convert, "parity": parity, "mask": mask, "train": train,
-               "perplexity": perplexity, "lm-eval": harness}
+# Subcommand -> its module in this package.
+SUBCOMMANDS = {"generate": "generate", "convert": "convert", "parity": "parity", "mask": "mask", "train": "train",
+               "perplexity": "perplexity", "lm-eval": "harness"}
 DEBUG_HELP = "show the full traceback of an error instead of one line"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one subcommand."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="llama-twin", description="Llama in JAX/Flax with a PyTorch twin.")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, module in SUBCOMMANDS.items():
+    chosen = _chosen_command(argv)
+    modules: dict[str, ModuleType] = {}
+    for name, module_name in SUBCOMMANDS.items():
+        if chosen not in (None, name):
+            commands.add_parser(name)  # named for argparse's choices; never parsed
+            continue
+        module = modules[name] = importlib.import_module(f"{__name__}.{module_name}")
         summary = module.__doc__.strip().splitlines()[0]
         subparser = commands.add_parser(name, help=summary, description=module.__doc__,
                                         formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(subparser)
         subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(SUBCOMMANDS[args.command], "PASSES_ON_ARGUMENTS", False):
+    if extra and not getattr(modules[args.command], "PASSES_ON_ARGUMENTS", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.passed_on = extra
     try:
-        return SUBCOMMANDS[args.command].run(args)
+        return modules[args.command].run(args)
     except (LlamaTwinError, OSError) as e:
         if args.debug:
             raise
@@ -49,6 +61,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return _fail(args.command, f"internal error {type(e).__name__}: {e} (run with --debug for the traceback "
                                    f"and please report it)")
+
+
+def _chosen_command(argv: list[str]) -> str | None:
+    """The subcommand argv names (its first word that is not an option: the only top-level option,
+    --debug, takes no value), or None when it names none."""
+    word = next((arg for arg in argv if not arg.startswith("-")), None)
+    return word if word in SUBCOMMANDS else None
 
 
 def _fail(command: str, message: str) -> int:

@@ -13,7 +13,6 @@ import argparse
 from llama_shared.checkpoints import DEFAULT_SHARD_SIZE
 from llama_twin.conversion import FORMATS, convert, detect_format
 from llama_twin.conversion.formats.gguf import GGUF_TYPES
-from llama_twin.conversion.verify import VERIFY_PROMPT_LENGTH, max_logit_difference
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
             num_shards=args.num_shards, gguf_type=args.gguf_type, overwrite=args.overwrite, progress=args.progress)
     print(f"wrote {args.to} checkpoint {args.dst}")
     if args.verify:
+        from llama_twin.conversion.verify import VERIFY_PROMPT_LENGTH, max_logit_difference  # loads both twins
+
         difference = max_logit_difference(args.src, src_format, args.dst, args.to)
         print(f"max |logit difference| over {VERIFY_PROMPT_LENGTH} tokens, {src_format} vs {args.to}: "
               f"{difference:.3g}")

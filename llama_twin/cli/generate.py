@@ -15,23 +15,20 @@ started by torchrun), --backend flax over jax's devices when there are several, 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-import jax
 import numpy as np
-import torch.distributed as dist
 
 from llama_shared.checkpoints import resolve_model_dir
 from llama_shared.streaming import TextStreamer
 from llama_shared.tokenizers import AutoTokenizer
 from llama_twin.backends import Backend, get_backend
 from llama_twin.demo import demo_model_dir
-from llama_twin.distributed import (add_sharding_arguments, launched_by_torchrun, load_flax, load_torch, parse_mesh,
-                                    run_torch_job, torch_parallel, torchrun_rank)
+from llama_twin.distributed import (add_sharding_arguments, launched_by_torchrun, load_flax, load_torch, on_mesh,
+                                    parse_mesh, run_torch_job, torch_parallel, torchrun_rank)
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
@@ -81,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                                   timeout_s=args.timeout) else 1
     backend = get_backend(args.backend)
     model, tokenizer, mesh = _load(backend, args)
-    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+    with on_mesh(mesh):
         generate_all(model, tokenizer, backend, prompts, args, model.generate, main_process=True)
     return 0
 
@@ -89,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
 def generate_on_ranks(args: argparse.Namespace, prompts: list[str]) -> None:
     """On every rank of a torch job: the sharded torch twin generates each prompt (rank 0's prompts,
     its stdin included); rank 0 prints."""
+    import torch.distributed as dist
+
     shared = [prompts]
     dist.broadcast_object_list(shared, src=0)
     prompts = shared[0]

@@ -7,16 +7,13 @@ started by torchrun), the Flax twin over jax's devices, each on --mesh (default:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import tempfile
-
-import jax
 
 from llama_shared.checkpoints import resolve_model_dir
 from llama_shared.config import LlamaConfig
 from llama_shared.tokenizers import TOKENIZER_FILES, AutoTokenizer
-from llama_twin.distributed import (add_sharding_arguments, launched_by_torchrun, load_flax, parse_mesh,
+from llama_twin.distributed import (add_sharding_arguments, launched_by_torchrun, load_flax, on_mesh, parse_mesh,
                                     run_torch_job, torch_world_size, torchrun_rank)
 from llama_twin.parity import (IMPLEMENTATIONS, available_backends, load_activations, parity_report,
                                torch_activations_on_ranks)
@@ -67,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     models, mesh = {}, None
     if "flax" in backends:
         models["flax"], mesh = load_flax(model_dir, mesh_sizes, args.dtype)
-    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+    with on_mesh(mesh):
         report = parity_report(model_dir, ids, args.dtype, args.tolerance, backends, models, computed)
     if note:
         report.notes.append(note)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 
 from llama_shared.errors import CheckpointError, GenerationError
-from llama_twin import cli
-from llama_twin.cli import main
+from llama_twin.cli import main, mask
 
 
 def one_error_line(capsys, command: str) -> str:
@@ -42,7 +41,7 @@ def test_an_unexpected_exception_is_one_line_too(monkeypatch, capsys):
     def broken(args):
         raise KeyError("oops")
 
-    monkeypatch.setattr(cli.mask, "run", broken)
+    monkeypatch.setattr(mask, "run", broken)
     assert main(["mask", "hello"]) == 1
     assert "internal error KeyError" in one_error_line(capsys, "mask")
     with pytest.raises(KeyError):
@@ -53,6 +52,6 @@ def test_an_error_message_over_several_lines_prints_as_one(monkeypatch, capsys):
     def failing(args):
         raise GenerationError("first line\nsecond line")
 
-    monkeypatch.setattr(cli.mask, "run", failing)
+    monkeypatch.setattr(mask, "run", failing)
     assert main(["mask", "hello"]) == 1
     assert one_error_line(capsys, "mask").endswith("error: first line second line")

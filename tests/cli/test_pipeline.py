@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llama_twin.pipeline import pipeline
+from llama_twin.pipelines import pipeline
 
 
 @pytest.fixture(scope="module")
