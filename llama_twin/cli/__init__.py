@@ -1,8 +1,9 @@
 """The `llama-twin` command: one entry point, one module per subcommand (generate, convert, parity,
 mask, train, perplexity, lm-eval), each with add_arguments(parser) and run(args) -> exit status.
 
-Only the chosen subcommand's module is imported (all of them for the top-level --help): each
-imports jax and/or torch, seconds apiece, which a command that needs neither should not wait for.
+Only the chosen subcommand's module is imported (the top-level --help reads each one's summary from
+its source): each imports jax and/or torch, seconds apiece, which a command that needs neither
+should not wait for.
 
 An error is printed as one line naming the file, field or tensor at fault and the command exits 1
 (130 when interrupted); `--debug` (before or after the subcommand) shows the traceback instead.
@@ -11,8 +12,11 @@ An error is printed as one line naming the file, field or tensor at fault and th
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import sys
+from pathlib import Path
 from types import ModuleType
 
 from llama_shared.errors import LlamaTwinError
@@ -32,12 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     chosen = _chosen_command(argv)
     modules: dict[str, ModuleType] = {}
     for name, module_name in SUBCOMMANDS.items():
-        if chosen not in (None, name):
-            commands.add_parser(name)  # named for argparse's choices; never parsed
+        if name != chosen:
+            commands.add_parser(name, help=_summary(module_name))  # listed by --help; never parsed
             continue
         module = modules[name] = importlib.import_module(f"{__name__}.{module_name}")
-        summary = module.__doc__.strip().splitlines()[0]
-        subparser = commands.add_parser(name, help=summary, description=module.__doc__,
+        subparser = commands.add_parser(name, help=_summary(module_name), description=module.__doc__,
                                         formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(subparser)
         subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
@@ -68,6 +71,12 @@ def _chosen_command(argv: list[str]) -> str | None:
     --debug, takes no value), or None when it names none."""
     word = next((arg for arg in argv if not arg.startswith("-")), None)
     return word if word in SUBCOMMANDS else None
+
+
+def _summary(module_name: str) -> str:
+    """The first line of a subcommand module's docstring, read from its source without importing it."""
+    source = Path(importlib.util.find_spec(f"{__name__}.{module_name}").origin).read_text()
+    return ast.get_docstring(ast.parse(source)).strip().splitlines()[0]
 
 
 def _fail(command: str, message: str) -> int:

@@ -4,6 +4,8 @@ wait for."""
 
 from __future__ import annotations
 
+import importlib
+import re
 import subprocess
 import sys
 
@@ -14,10 +16,22 @@ FRAMEWORKS = ("jax", "torch")
 
 def frameworks_loaded_by(code: str) -> list[str]:
     """The FRAMEWORKS in sys.modules after a fresh interpreter runs code."""
-    check = f"import sys; {code}; print(sorted(m for m in {FRAMEWORKS!r} if m in sys.modules))"
+    check = f"import sys\n{code}\nprint(sorted(m for m in {FRAMEWORKS!r} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     return eval(result.stdout.strip().splitlines()[-1])
+
+
+def test_the_top_level_help_lists_every_subcommand_and_loads_neither_framework():
+    from llama_twin.cli import SUBCOMMANDS
+
+    code = "import contextlib\nfrom llama_twin.cli import main\nwith contextlib.suppress(SystemExit):\n    main(['--help'])"
+    assert frameworks_loaded_by(code) == []
+    result = subprocess.run([sys.executable, "-m", "llama_twin.cli", "--help"], capture_output=True, text=True,
+                            check=True, timeout=300)
+    for name, module_name in SUBCOMMANDS.items():
+        summary = importlib.import_module(f"llama_twin.cli.{module_name}").__doc__.strip().splitlines()[0]
+        assert re.search(rf"^    {re.escape(name)} +{re.escape(summary[:30])}", result.stdout, re.M), result.stdout
 
 
 def test_the_package_its_demo_model_and_the_mask_command_load_neither_framework():
