@@ -4,6 +4,7 @@ wait for."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import re
 import subprocess
@@ -19,7 +20,7 @@ def frameworks_loaded_by(code: str) -> list[str]:
     check = f"import sys\n{code}\nprint(sorted(m for m in {FRAMEWORKS!r} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    return eval(result.stdout.strip().splitlines()[-1])
+    return ast.literal_eval(result.stdout.strip().splitlines()[-1])
 
 
 def test_the_top_level_help_lists_every_subcommand_and_loads_neither_framework():
