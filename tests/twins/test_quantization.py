@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
@@ -345,6 +346,31 @@ def test_cpu_kernels_compute_their_documented_product(name, rows, odd):
         np.testing.assert_allclose(layer(torch.from_numpy(x)).numpy()[0], expected, atol=1e-4, rtol=0)
     bound = np.abs(rounded_to_int16(x[0]) - x[0]) @ np.abs(weight_parts(tensors, settings)[0]).T if rows == 1 else 0
     assert np.all(np.abs(np.asarray(native)[0] - np.asarray(portable)[0]) <= bound + 1e-4)
+
+
+@pytest.mark.parametrize("name", ["int8", "int4-g32"])
+def test_the_kernel_splits_a_large_layer_among_its_threads_for_concurrent_callers(name):
+    """A layer of many tasks (the threads share its output rows), multiplied by 4 callers at once on
+    each twin: every product equals kernel_reference, and one input's results are bit-identical
+    (each output row is computed whole by one thread, whichever takes it)."""
+    settings = q.with_kernel(SETTINGS[name], "cpu")
+    rng = np.random.default_rng(11)
+    weight = rng.standard_normal((2048, 512)).astype(np.float32)  # 8 tasks of 128 KiB of int8 codes, 4 of int4
+    tensors = q.quantize(weight, settings)
+    xs = [rng.standard_normal((1, 512)).astype(np.float32) for _ in range(2)]
+    layer = torch_quant.QuantizedLinear(512, 2048, False, settings)
+    for leaf, array in tensors.items():
+        getattr(layer, leaf).copy_(torch.from_numpy(array))
+    flax_product = jax.jit(lambda x: flax_quant.quantized_matmul(x, tensors, settings))
+    products = {"flax": lambda x: np.asarray(flax_product(jnp.asarray(x))),
+                "torch": lambda x: layer(torch.from_numpy(x)).numpy()}
+    for twin, product in products.items():
+        with torch.no_grad(), ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda i: product(xs[i % 2]), range(16)))
+        for i, result in enumerate(results):
+            np.testing.assert_allclose(result, kernel_reference(xs[i % 2], tensors, settings), atol=1e-4, rtol=0,
+                                       err_msg=f"{twin}, call {i}")
+            np.testing.assert_array_equal(result, results[i % 2], err_msg=f"{twin}, call {i}")
 
 
 def test_a_non_finite_input_row_gives_non_finite_outputs_in_the_kernel():
