@@ -28,7 +28,7 @@ from llama_flax.cache import KVCache, LayerCache
 from llama_flax.loading import FlaxPreTrainedModel
 from llama_flax.lora import LoraDense, LoraMixin, LoraQuantizedDense, LoraUpdate
 from llama_flax.matmul import dense_dot_general
-from llama_flax.quantization import QuantizedDense, QuantizedEmbed
+from llama_flax.quantization import QuantizedDense, QuantizedEmbed, shared_input_products
 from llama_flax.sharding import constrain
 from llama_shared import lora
 from llama_shared import quantization as q
@@ -189,9 +189,10 @@ class LlamaAttention(nn.Module):
                  segment_ids: Array | None = None) -> tuple[Array, LayerCache | None]:
         c = self.config
         batch, seq, _ = x.shape
-        q = self.q_proj(x).reshape(batch, seq, c.num_attention_heads, c.head_dim)
-        k = self.k_proj(x).reshape(batch, seq, c.num_key_value_heads, c.head_dim)
-        v = self.v_proj(x).reshape(batch, seq, c.num_key_value_heads, c.head_dim)
+        q, k, v = shared_input_products(x, (self.q_proj, self.k_proj, self.v_proj))
+        q = q.reshape(batch, seq, c.num_attention_heads, c.head_dim)
+        k = k.reshape(batch, seq, c.num_key_value_heads, c.head_dim)
+        v = v.reshape(batch, seq, c.num_key_value_heads, c.head_dim)
         q = constrain(apply_rotary(q, cos, sin), "batch", "length", "heads", "head_dim")
         k = constrain(apply_rotary(k, cos, sin), "batch", "length", "kv_heads", "head_dim")
         k, v = kv_rows(k), kv_rows(v)
@@ -213,8 +214,8 @@ class LlamaMLP(nn.Module):
     def __call__(self, x: Array) -> Array:
         c = self.config
         dense = lambda features, name: linear(c, name, features, c.mlp_bias, self.dtype, self.param_dtype)  # noqa: E731
-        gate = dense(c.intermediate_size, "gate_proj")(x)
-        up = dense(c.intermediate_size, "up_proj")(x)
+        gate, up = shared_input_products(x, (dense(c.intermediate_size, "gate_proj"),
+                                             dense(c.intermediate_size, "up_proj")))
         hidden = constrain(ACTIVATIONS[c.hidden_act](gate) * up, "batch", "length", "mlp")
         return dense(c.hidden_size, "down_proj")(hidden)
 

@@ -16,6 +16,7 @@ for one (docs/quantization.md, "Kernels"). Where the kernel cannot be built
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -64,25 +65,30 @@ def portable_matmul(x: Array, tensors: dict[str, Array], quantization: q.Quantiz
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def native_matmul(x: Array, tensors: dict[str, Array], quantization: q.QuantizationConfig) -> Array:
-    """x @ W.T by llama_shared.native's C++ kernel (llama_flax.native binds it), returned in float32;
-    its derivatives are the portable product's."""
+def native_matmuls(x: Array, layers: tuple[dict[str, Array], ...],
+                   quantization: q.QuantizationConfig) -> tuple[Array, ...]:
+    """x @ W.T for each layer's W by llama_shared.native's C++ kernel (llama_flax.native binds it) in one
+    call, which rounds x once (layers of one format that multiply the same x: q, k and v; gate and up),
+    returned in x's dtype; their derivatives are the portable products'."""
     rows = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
-    scales = tensors["scales"].astype(jnp.float32)
-    offsets = shared_native.kernel_offsets(tensors, scales, quantization.code_range[0])
-    if offsets is None:
-        offsets = jnp.zeros((0,), jnp.float32)
-    out_features = tensors["qweight"].shape[0]
-    product = jax.ffi.ffi_call(native.TARGETS[quantization.bits][0],
-                               jax.ShapeDtypeStruct((rows.shape[0], out_features), jnp.float32))
-    y = product(rows, tensors["qweight"], scales, offsets)
-    return y.astype(x.dtype).reshape(*x.shape[:-1], out_features)
+    operands, results = [], []
+    for tensors in layers:
+        scales = tensors["scales"].astype(jnp.float32)
+        offsets = shared_native.kernel_offsets(tensors, scales, quantization.code_range[0])
+        operands += [tensors["qweight"], scales, jnp.zeros((0,), jnp.float32) if offsets is None else offsets]
+        results.append(jax.ShapeDtypeStruct((rows.shape[0], tensors["qweight"].shape[0]), jnp.float32))
+    products = jax.ffi.ffi_call(native.TARGETS[quantization.bits][0], results)(rows, *operands)
+    return tuple(y.astype(x.dtype).reshape(*x.shape[:-1], y.shape[-1]) for y in products)
 
 
-@native_matmul.defjvp
-def _native_matmul_jvp(quantization: q.QuantizationConfig, primals: tuple, tangents: tuple) -> tuple[Array, Array]:
-    tangent = jax.jvp(lambda x, tensors: portable_matmul(x, tensors, quantization), primals, tangents)[1]
-    return native_matmul(*primals, quantization), tangent
+@native_matmuls.defjvp
+def _native_matmuls_jvp(quantization: q.QuantizationConfig, primals: tuple, tangents: tuple) -> tuple[tuple, tuple]:
+    x, layers = primals
+    x_tangent, layer_tangents = tangents
+    products = tuple(jax.jvp(lambda x, tensors: portable_matmul(x, tensors, quantization), (x, tensors),
+                             (x_tangent, tensor_tangents))[1]
+                     for tensors, tensor_tangents in zip(layers, layer_tangents))
+    return native_matmuls(*primals, quantization), products
 
 
 def cpu_kernel_reason(quantization: q.QuantizationConfig, in_features: int) -> str | None:
@@ -92,16 +98,22 @@ def cpu_kernel_reason(quantization: q.QuantizationConfig, in_features: int) -> s
     return shared_native.format_reason(quantization, in_features) or native.unavailable_reason()
 
 
+def takes_native(x: Array, quantization: q.QuantizationConfig) -> bool:
+    """Whether a layer of this format (not "portable") takes the native kernel for x
+    (llama_shared.native.takes_native's choice: it warns, or raises, where the kernel cannot run)."""
+    unavailable = native.unavailable_reason() if jax.default_backend() == "cpu" else None
+    return shared_native.takes_native(quantization.kernel, cpu_kernel_reason(quantization, x.shape[-1]),
+                                      x.size // x.shape[-1], unavailable)
+
+
 def quantized_matmul(x: Array, tensors: dict[str, Array], quantization: q.QuantizationConfig) -> Array:
     """x @ W.T for the quantized W by the configured kernel: "auto" takes the native kernel on the CPU
     for up to llama_shared.native.MAX_ROWS rows (warning once, then the portable product, where it cannot be built),
     "cpu" always (an error where it cannot run), "portable" never."""
     if quantization.kernel == "portable":
         return portable_matmul(x, tensors, quantization)
-    reason = cpu_kernel_reason(quantization, x.shape[-1])
-    unavailable = native.unavailable_reason() if jax.default_backend() == "cpu" else None
-    if shared_native.takes_native(quantization.kernel, reason, x.size // x.shape[-1], unavailable):
-        return native_matmul(x, tensors, quantization)
+    if takes_native(x, quantization):
+        return native_matmuls(x, (tensors,), quantization)[0]
     return portable_matmul(x, tensors, quantization)
 
 
@@ -142,6 +154,23 @@ class QuantizedEmbed(nn.Module):
 
     def attend(self, x: Array) -> Array:
         return quantized_matmul(x.astype(self.dtype), dict(self.tensors), self.quantization)
+
+
+def shared_input_products(x: Array, layers: Sequence[nn.Module]) -> list[Array]:
+    """[layer(x) for layer in layers] (q, k and v; gate and up), as one native kernel call where every
+    layer is a plain QuantizedDense of one format, with its params, that takes the kernel for x: x is
+    rounded once and the threads start once, and each output is the one its layer alone would give,
+    bit for bit. Otherwise (float or LoRA layers, init) each layer is called."""
+    first = layers[0]
+    plain = all(type(layer) is QuantizedDense and layer.quantization == first.quantization
+                and layer.dtype == first.dtype and layer.has_variable("params", "qweight") for layer in layers)
+    if not plain or first.quantization.kernel == "portable" or not takes_native(x, first.quantization):
+        return [layer(x) for layer in layers]
+    params = [layer.variables["params"] for layer in layers]
+    leaves = first.quantization.leaves()
+    ys = native_matmuls(x.astype(first.dtype), tuple({leaf: p[leaf] for leaf in leaves} for p in params),
+                        first.quantization)
+    return [y + p["bias"].astype(first.dtype) if layer.use_bias else y for y, p, layer in zip(ys, params, layers)]
 
 
 def quantized_params(module: nn.Module, out_features: int, in_features: int, quantization: q.QuantizationConfig,

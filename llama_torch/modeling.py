@@ -23,6 +23,7 @@ from llama_shared.outputs import (BaseModelOutput, CausalLMOutput, QuestionAnswe
 from llama_torch.cache import KVCache
 from llama_torch.loading import PreTrainedModel
 from llama_torch.lora import LoraMixin
+from llama_torch.quantization import shared_input_products
 
 ACTIVATIONS = {"silu": F.silu, "swish": F.silu, "gelu": F.gelu, "relu": F.relu,
                "gelu_new": partial(F.gelu, approximate="tanh"),
@@ -119,9 +120,10 @@ class LlamaAttention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, allowed: torch.Tensor | None,
                 cache: KVCache | None = None, cache_position: torch.Tensor | None = None) -> torch.Tensor:
         batch, seq, _ = x.shape
-        q = self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim)
+        q, k, v = shared_input_products(x, (self.q_proj, self.k_proj, self.v_proj))
+        q = q.view(batch, seq, self.num_heads, self.head_dim)
+        k = k.view(batch, seq, self.num_kv_heads, self.head_dim)
+        v = v.view(batch, seq, self.num_kv_heads, self.head_dim)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         k, v = k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
@@ -143,7 +145,8 @@ class LlamaMLP(nn.Module):
         self.act = ACTIVATIONS[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = shared_input_products(x, (self.gate_proj, self.up_proj))
+        return self.down_proj(self.act(gate) * up)
 
 
 class LlamaDecoderLayer(nn.Module):

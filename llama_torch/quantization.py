@@ -15,11 +15,13 @@ benchmarks/log/2026-12-02-quantization.md.) Where the kernel cannot be built (no
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as torch_module
 
 from llama_shared import native as shared_native
 from llama_shared import quantization as q
@@ -74,7 +76,7 @@ class QuantizedWeight(nn.Module):
 
     # (versions of the stored tensors, the kernel's operands): a class default, so that subclasses
     # built from an existing layer (LoraQuantizedLinear) start without operands too.
-    _kernel_cache: tuple[tuple[tuple[int, int], ...], native.LayerOperands] | None = None
+    _kernel_cache: tuple[tuple[tuple[int, int], ...], native.KernelCall] | None = None
 
     def __init__(self, in_features: int, out_features: int, quantization: q.QuantizationConfig, dtype: torch.dtype,
                  device: torch.device | str | None):
@@ -110,22 +112,20 @@ class QuantizedWeight(nn.Module):
 
     def native_product(self, x: torch.Tensor) -> torch.Tensor:
         """x @ W.T by the native kernel, returned in x's dtype."""
-        rows = x.detach().reshape(-1, self.in_features)
-        if rows.dtype != torch.float32 or not rows.is_contiguous():
-            rows = rows.to(torch.float32).contiguous()
+        rows = kernel_rows(x, self.in_features)
         if torch.compiler.is_compiling():
             y = native.quantized_matmul(rows, *self.kernel_tensors(), self.quantization.bits)
         else:
-            y = self.kernel_operands().multiply(rows)
-        return (y if x.dtype == torch.float32 else y.to(x.dtype)).reshape(*x.shape[:-1], self.out_features)
+            y = self.kernel_operands().multiply(rows)[0]
+        return as_output(y, x, self.out_features)
 
-    def kernel_operands(self) -> native.LayerOperands:
+    def kernel_operands(self) -> native.KernelCall:
         """The kernel's operands, built on first use and again whenever a stored tensor has changed."""
         tensors = self.tensors()
         versions = tuple((t._version, t.data_ptr()) for t in tensors.values())
         if self._kernel_cache is None or self._kernel_cache[0] != versions:
             with torch.no_grad():
-                operands = native.LayerOperands(self.quantization.bits, *self.kernel_tensors())
+                operands = native.KernelCall(self.quantization.bits, [self.kernel_tensors()])
             self._kernel_cache = (versions, operands)
         return self._kernel_cache[1]
 
@@ -137,8 +137,23 @@ class QuantizedWeight(nn.Module):
         return tensors["qweight"].contiguous(), scales, None if offsets is None else offsets.contiguous()
 
 
+def kernel_rows(x: torch.Tensor, in_features: int) -> torch.Tensor:
+    """x as the kernel takes it: (rows, in_features), float32, contiguous, outside autograd."""
+    rows = x.detach().reshape(-1, in_features)
+    return rows if rows.dtype == torch.float32 and rows.is_contiguous() else rows.to(torch.float32).contiguous()
+
+
+def as_output(y: torch.Tensor, x: torch.Tensor, out_features: int) -> torch.Tensor:
+    """The kernel's float32 rows as a layer's output for x: x's dtype and leading axes."""
+    return (y if x.dtype == torch.float32 else y.to(x.dtype)).reshape(*x.shape[:-1], out_features)
+
+
 class QuantizedLinear(QuantizedWeight):
     """nn.Linear with a quantized weight: same place in the model, same call."""
+
+    # (the kernel calls of the layers whose products shared_input_products last joined with this
+    # first one, their joined call): rebuilt when any of theirs is.
+    _shared_call: tuple[tuple[native.KernelCall, ...], native.KernelCall] | None = None
 
     def __init__(self, in_features: int, out_features: int, bias: bool, quantization: q.QuantizationConfig,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
@@ -196,6 +211,33 @@ class TiedQuantizedHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.embedding[0].attend(x)
+
+
+def shared_input_products(x: torch.Tensor, layers: Sequence[nn.Module]) -> list[torch.Tensor]:
+    """[layer(x) for layer in layers] (q, k and v; gate and up), as one native kernel call where every
+    layer is a plain QuantizedLinear of one format that takes the kernel for x in an eager forward
+    without hooks: x is rounded once and the threads start once, and each output is the one its layer
+    alone would give, bit for bit. Otherwise (float, LoRA or hooked layers, torch.compile, training)
+    each layer is called."""
+    first = layers[0]
+    plain = all(type(layer) is QuantizedLinear and layer.quantization == first.quantization
+                and not (layer._forward_hooks or layer._forward_pre_hooks) for layer in layers)
+    if (not plain or torch.compiler.is_compiling() or torch.is_grad_enabled() and x.requires_grad
+            or has_global_module_hooks() or not first.uses_cpu_kernel(x)):
+        return [layer(x) for layer in layers]
+    calls = tuple(layer.kernel_operands() for layer in layers)
+    cached = first._shared_call
+    if cached is None or len(cached[0]) != len(calls) or any(a is not b for a, b in zip(cached[0], calls)):
+        cached = first._shared_call = (calls, native.KernelCall(first.quantization.bits, [c.layers[0] for c in calls]))
+    rows = kernel_rows(x, first.in_features)
+    ys = [as_output(y, x, layer.out_features) for y, layer in zip(cached[1].multiply(rows), layers)]
+    return [y + layer.bias if layer.bias is not None else y for y, layer in zip(ys, layers)]
+
+
+def has_global_module_hooks() -> bool:
+    """Whether global forward hooks are registered (nn.modules.module.register_module_forward_hook):
+    they see every module's call."""
+    return bool(torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks)
 
 
 def register_quantized(module: nn.Module, out_features: int, in_features: int, quantization: q.QuantizationConfig,

@@ -3,7 +3,8 @@
 //
 // y (rows, out) = x (rows, in) times the quantized W (out, in) of llama_shared.quantization's format,
 // without ever writing a dequantized weight: each thread walks its share of the output rows, reading
-// the codes once. A weight is code * scale + offset per group of input columns, the offset being
+// the codes once. One call may multiply several layers by the same x (Segment: q, k and v; gate and
+// up), preparing x once for them all. A weight is code * scale + offset per group of input columns, the offset being
 // -zero * scale, or min - qmin * scale for float zero points (computed by the caller); so a group
 // adds scale * sum(x * code) + offset * sum(x), the sums of x taken in float32. int4 codes are read
 // as their unsigned nibbles (code + 8), their offset gaining -8 * scale.
@@ -361,23 +362,35 @@ inline const char* shape_error(int bits, int64_t in, int64_t code_columns, int64
   return nullptr;
 }
 
-// y = x W^T for a layer whose shapes passed shape_error. Output rows go in tasks of TASK_BYTES of codes,
-// claimed from a shared counter by every thread that runs task(): on_threads(helpers, task) runs
-// it on the calling thread and on up to `helpers` others (returning before they finish, or not).
-// The caller then waits only for tasks already claimed, so a helper that starts late (its thread
-// busy elsewhere) finds nothing left and holds nothing up.
+// One of the layers that a call multiplies by the same x (q, k and v; gate and up): its codes,
+// scales and offsets (null for a symmetric layer) as Layer has them, and its y (rows, out).
+struct Segment {
+  const uint8_t* codes;
+  const float* scales;
+  const float* offsets;
+  float* y;
+  int64_t out;
+};
+
+// y = x W^T for each of `count` layers whose shapes passed shape_error, all of the same code width
+// and groups: x is rounded (one row) and its group sums taken once for them all. Each layer's
+// output rows go in tasks of TASK_BYTES of codes, claimed from a shared counter by every thread that
+// runs task(): on_threads(helpers, task) runs it on the calling thread and on up to `helpers` others
+// (returning before they finish, or not). The caller then waits only for tasks already claimed, so
+// a helper that starts late (its thread busy elsewhere) finds nothing left and holds nothing up.
 template <typename OnThreads>
-void quantized_matmul(int bits, const float* x, const uint8_t* codes, const float* scales, const float* offsets,
-                      float* y, int64_t rows, int64_t in, int64_t out, int64_t groups, int64_t helpers,
-                      OnThreads&& on_threads) {
+void quantized_matmul(int bits, const float* x, const Segment* segments, int64_t count, int64_t rows, int64_t in,
+                      int64_t groups, int64_t helpers, OnThreads&& on_threads) {
   struct Work {
-    Layer layer;
-    int64_t rows_per_task, tasks;
+    std::vector<Layer> layers;
+    std::vector<int64_t> first_task;  // of each layer, then the total
+    int64_t rows_per_task;
     std::atomic<int64_t> next{0}, done{0};
     void drain() {
-      for (int64_t t; (t = next.fetch_add(1)) < tasks; done.fetch_add(1)) {
-        int64_t begin = t * rows_per_task;
-        run_rows(layer, begin, std::min(begin + rows_per_task, layer.out));
+      for (int64_t t; (t = next.fetch_add(1)) < first_task.back(); done.fetch_add(1)) {
+        const int64_t layer = std::upper_bound(first_task.begin(), first_task.end(), t) - first_task.begin() - 1;
+        const int64_t begin = (t - first_task[layer]) * rows_per_task;
+        run_rows(layers[layer], begin, std::min(begin + rows_per_task, layers[layer].out));
       }
     }
   };
@@ -400,13 +413,17 @@ void quantized_matmul(int bits, const float* x, const uint8_t* codes, const floa
   RoundedRow rounded;
   if (rows == 1) rounded = round_row(x, in, bits);
   auto work = std::make_shared<Work>();
-  work->layer = Layer{split.empty() ? x : split.data(), codes, scales, offsets, sums.data(), y,
-                      bits, rows, in, out, groups, group_size,
-                      rounded.codes.data(), rounded.scales.data(), rounded.lane_scales.data()};
   work->rows_per_task = std::max<int64_t>(1, TASK_BYTES / (bits == 8 ? in : in / 2));
-  work->tasks = (out + work->rows_per_task - 1) / work->rows_per_task;
-  on_threads(std::max<int64_t>(0, std::min(helpers, work->tasks - 1)), [work] { work->drain(); });
-  while (work->done.load(std::memory_order_acquire) < work->tasks) std::this_thread::yield();
+  work->first_task.push_back(0);
+  for (const Segment* s = segments; s < segments + count; ++s) {
+    work->layers.push_back(Layer{split.empty() ? x : split.data(), s->codes, s->scales, s->offsets, sums.data(), s->y,
+                                 bits, rows, in, s->out, groups, group_size,
+                                 rounded.codes.data(), rounded.scales.data(), rounded.lane_scales.data()});
+    work->first_task.push_back(work->first_task.back() + (s->out + work->rows_per_task - 1) / work->rows_per_task);
+  }
+  const int64_t tasks = work->first_task.back();
+  on_threads(std::max<int64_t>(0, std::min(helpers, tasks - 1)), [work] { work->drain(); });
+  while (work->done.load(std::memory_order_acquire) < tasks) std::this_thread::yield();
 }
 
 }  // namespace llama_twin

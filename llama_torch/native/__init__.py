@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import functools
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -29,7 +30,9 @@ def load() -> tuple[Any, str | None]:
         return None, str(e)
     function = library.llama_twin_quantized_matmul
     pointer, size = ctypes.c_void_p, ctypes.c_int64
-    function.argtypes = [ctypes.c_int, pointer, pointer, pointer, pointer, pointer, size, size, size, size, size, size]
+    array = ctypes.POINTER(ctypes.c_void_p)
+    function.argtypes = [ctypes.c_int, pointer, size, array, array, array, array, ctypes.POINTER(size),
+                         size, size, size, size, size]
     function.restype = ctypes.c_char_p
     return function, None
 
@@ -41,36 +44,42 @@ def unavailable_reason() -> str | None:
     return load()[1]
 
 
-class LayerOperands:
-    """A quantized layer's tensors as the kernel takes them (contiguous codes, float32 scales, offsets or
-    None), with the call's arguments that do not change read once: a decoding step calls every layer."""
+class KernelCall:
+    """Quantized layers that multiply the same rows (one layer; or q, k and v, gate and up), as one
+    kernel call's arguments: their tensors as the kernel takes them (contiguous codes, float32 scales,
+    offsets or None) and the pointer arrays to them, built once (a decoding step calls every layer)."""
 
-    def __init__(self, bits: int, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None):
-        self.tensors = (qweight, scales, offsets)  # kept alive while the kernel reads their pointers
-        self.bits, self.out_features = bits, qweight.shape[0]
-        self.pointers = (qweight.data_ptr(), scales.data_ptr(), None if offsets is None else offsets.data_ptr())
-        self.code_columns, self.groups = qweight.shape[1], scales.shape[1]
+    def __init__(self, bits: int, layers: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]):
+        self.layers = tuple(layers)  # kept alive while the kernel reads their pointers
+        self.bits, self.out_features = bits, tuple(qweight.shape[0] for qweight, _, _ in self.layers)
+        pointers = ctypes.c_void_p * len(self.layers)
+        self.codes = pointers(*(qweight.data_ptr() for qweight, _, _ in self.layers))
+        self.scales = pointers(*(scales.data_ptr() for _, scales, _ in self.layers))
+        self.offsets = pointers(*(None if offsets is None else offsets.data_ptr() for _, _, offsets in self.layers))
+        self.outs = (ctypes.c_int64 * len(self.layers))(*self.out_features)
+        self.code_columns, self.groups = self.layers[0][0].shape[1], self.layers[0][1].shape[1]
 
-    def multiply(self, rows: torch.Tensor) -> torch.Tensor:
-        """rows (n, in), float32 and contiguous, times the layer's W.T on torch's intra-op threads."""
+    def multiply(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        """rows (n, in), float32 and contiguous, times each layer's W.T on torch's intra-op threads."""
         n, in_features = rows.shape
-        y = torch.empty(n, self.out_features, dtype=torch.float32)
-        error = load()[0](self.bits, rows.data_ptr(), *self.pointers, y.data_ptr(), n, in_features,
-                          self.code_columns, self.out_features, self.groups, torch.get_num_threads())
+        ys = [torch.empty(n, out, dtype=torch.float32) for out in self.out_features]
+        y_pointers = (ctypes.c_void_p * len(ys))(*(y.data_ptr() for y in ys))
+        error = load()[0](self.bits, rows.data_ptr(), len(ys), self.codes, self.scales, self.offsets, y_pointers,
+                          self.outs, n, in_features, self.code_columns, self.groups, torch.get_num_threads())
         if error:
             raise ValueError(error.decode())
-        return y
+        return ys
 
 
 @torch.library.custom_op("llama_twin::quantized_matmul", mutates_args=(),
                          schema="(Tensor rows, Tensor qweight, Tensor scales, Tensor? offsets, int bits) -> Tensor")
 def quantized_matmul(rows: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None,
                      bits: int) -> torch.Tensor:
-    """LayerOperands(bits, qweight, scales, offsets).multiply(rows) as one operator: what a layer
-    traced by torch.compile calls, its tensors being the graph's (frozen weights, on the CPU; made
-    contiguous here, as the kernel reads raw pointers and inductor may choose the strides)."""
-    return LayerOperands(bits, qweight.contiguous(), scales.contiguous(),
-                         None if offsets is None else offsets.contiguous()).multiply(rows.contiguous())
+    """One layer's KernelCall as one operator: what a layer traced by torch.compile calls, its tensors
+    being the graph's (frozen weights, on the CPU; made contiguous here, as the kernel reads raw
+    pointers and inductor may choose the strides)."""
+    layer = (qweight.contiguous(), scales.contiguous(), None if offsets is None else offsets.contiguous())
+    return KernelCall(bits, [layer]).multiply(rows.contiguous())[0]
 
 
 @quantized_matmul.register_fake

@@ -36,8 +36,8 @@ def test_compiled_quantized_layers_call_the_native_kernel(name, monkeypatch):
     """Under torch.compile (fullgraph) a layer on the "cpu" kernel calls llama_torch.native's operator,
     equal to the eager call; a compiled training step (x requiring grad) takes the portable product."""
     calls = []
-    multiply = native.LayerOperands.multiply
-    monkeypatch.setattr(native.LayerOperands, "multiply", lambda self, rows: calls.append(rows.shape) or multiply(self, rows))
+    multiply = native.KernelCall.multiply
+    monkeypatch.setattr(native.KernelCall, "multiply", lambda self, rows: calls.append(rows.shape) or multiply(self, rows))
     settings = q.with_kernel(SETTINGS[name], "cpu")
     layer = quantized_layer(settings)
     x = torch.randn(1, 64)

@@ -7,6 +7,7 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -371,6 +372,102 @@ def test_the_kernel_splits_a_large_layer_among_its_threads_for_concurrent_caller
             np.testing.assert_allclose(result, kernel_reference(xs[i % 2], tensors, settings), atol=1e-4, rtol=0,
                                        err_msg=f"{twin}, call {i}")
             np.testing.assert_array_equal(result, results[i % 2], err_msg=f"{twin}, call {i}")
+
+
+class SharedInputLayers(nn.Module):
+    """Three biased QuantizedDense layers of one input (q, k and v's shape), multiplied together or one by one."""
+
+    settings: q.QuantizationConfig
+    together: bool
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> list[jax.Array]:
+        layers = [flax_quant.QuantizedDense(features, self.settings, use_bias=True, name=f"layer_{i}")
+                  for i, features in enumerate(SHARED_INPUT_FEATURES)]
+        return flax_quant.shared_input_products(x, layers) if self.together else [layer(x) for layer in layers]
+
+
+SHARED_INPUT_FEATURES = (96, 48, 48)
+
+
+def torch_kernel_calls(monkeypatch) -> list[int]:
+    """The torch twin's native kernel calls from now on, each as the number of layers it multiplies."""
+    calls = []
+    multiply = torch_native.KernelCall.multiply
+    monkeypatch.setattr(torch_native.KernelCall, "multiply",
+                        lambda self, rows: calls.append(len(self.layers)) or multiply(self, rows))
+    return calls
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("name", ["int8", "int4-g32", "int4-g64-zp", "int4-g32-fzp"])
+def test_layers_that_share_an_input_take_one_kernel_call_that_equals_calling_each(name, rows, monkeypatch):
+    """shared_input_products (q, k and v; gate and up) multiplies its layers in one native call in both
+    twins, each output (bias included) equal bit for bit to its layer called alone, and in Flax
+    differentiates as they do."""
+    settings = q.with_kernel(SETTINGS[name], "cpu")
+    rng = np.random.default_rng(3)
+    tensors = [{**q.quantize(rng.standard_normal((features, 128)).astype(np.float32), settings),
+                "bias": rng.standard_normal(features).astype(np.float32)} for features in SHARED_INPUT_FEATURES]
+    x = rng.standard_normal((1, rows, 128)).astype(np.float32)
+
+    params = {"params": {f"layer_{i}": {k: jnp.asarray(v) for k, v in t.items()} for i, t in enumerate(tensors)}}
+    products = {together: jax.jit(SharedInputLayers(settings, together).apply) for together in (True, False)}
+    flax_outputs = {together: product(params, jnp.asarray(x)) for together, product in products.items()}
+    target = flax_native.TARGETS[settings.bits][0]
+    kernel_calls = {together: product.lower(params, jnp.asarray(x)).as_text().count(target)
+                    for together, product in products.items()}
+    assert kernel_calls == {True: 1, False: 3}
+    for together, alone in zip(flax_outputs[True], flax_outputs[False]):
+        np.testing.assert_array_equal(np.asarray(together), np.asarray(alone))
+    def gradient(together: bool) -> jax.Array:  # the portable products' derivatives, both ways
+        return jax.grad(lambda x: sum(y.sum() for y in SharedInputLayers(settings, together).apply(params, x)))(
+            jnp.asarray(x))
+    np.testing.assert_allclose(gradient(True), gradient(False), atol=1e-5, rtol=0)
+
+    layers = []
+    for features, t in zip(SHARED_INPUT_FEATURES, tensors):
+        layer = torch_quant.QuantizedLinear(128, features, True, settings)
+        for leaf, array in t.items():
+            getattr(layer, leaf).data.copy_(torch.from_numpy(array))
+        layers.append(layer)
+    calls = torch_kernel_calls(monkeypatch)
+    with torch.no_grad():
+        together = torch_quant.shared_input_products(torch.from_numpy(x), layers)
+        assert calls == [3]
+        alone = [layer(torch.from_numpy(x)) for layer in layers]
+    for a, b, flax_output in zip(together, alone, flax_outputs[True]):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+        np.testing.assert_allclose(a.numpy(), np.asarray(flax_output), atol=1e-4, rtol=0)
+
+
+def test_a_torch_layer_with_a_forward_hook_is_called_rather_than_joined():
+    """A hook on k_proj (say, to read its output) still fires: shared_input_products calls the layers."""
+    settings = q.with_kernel(SETTINGS["int4-g32"], "cpu")
+    layers = [torch_quant.QuantizedLinear(128, features, False, settings) for features in SHARED_INPUT_FEATURES]
+    seen = []
+    layers[1].register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+    with torch.no_grad():
+        torch_quant.shared_input_products(torch.ones(1, 1, 128), layers)
+    assert seen == [(1, 1, 48)]
+
+
+@pytest.mark.parametrize("cls", [LlamaForCausalLM, FlaxLlamaForCausalLM])
+def test_a_quantized_decoder_layer_makes_four_kernel_calls(cls, realistic, monkeypatch):
+    """q/k/v and gate/up share their calls in a whole model: 4 a decoder layer and 1 for the head."""
+    settings = q.with_kernel(SETTINGS["int4-g32"], "cpu")
+    model = cls.from_pretrained(realistic, quantization=settings)
+    ids = np.ones((1, 1), np.int64)
+    expected = 4 * REALISTIC["num_hidden_layers"] + 1
+    if cls is FlaxLlamaForCausalLM:
+        text = jax.jit(lambda params: model.module.apply({"params": params}, ids)).lower(model.params).as_text()
+        assert text.count(flax_native.TARGETS[4][0]) == expected
+        return
+    calls = torch_kernel_calls(monkeypatch)
+    with torch.no_grad():
+        model(torch.from_numpy(ids))
+    layers = REALISTIC["num_hidden_layers"]
+    assert sorted(calls) == [1] * (2 * layers + 1) + [2] * layers + [3] * layers  # o, down, head; gate/up; q/k/v
 
 
 def test_a_non_finite_input_row_gives_non_finite_outputs_in_the_kernel():

@@ -64,11 +64,12 @@ FLAX_ONLY = {
     },
     "quantization": {
         "Array",
-        # The native kernel's product with the portable product's derivatives: a custom_jvp function
+        # The native kernel's products with the portable product's derivatives: a custom_jvp function
         # (torch's is the NativeProduct autograd Function) ...
-        "native_matmul",
-        # ... and the product is a function of the param tree (torch's QuantizedLinear.forward chooses)
-        "portable_matmul", "quantized_matmul",
+        "native_matmuls",
+        # ... and the product is a function of the param tree (torch's QuantizedLinear.forward chooses,
+        # with QuantizedWeight.uses_cpu_kernel)
+        "portable_matmul", "takes_native", "quantized_matmul",
     },
     "parallel": {
         "DATA_AXIS_NAME", "pmap_forward", "pmap_train_step", "split_for_pmap",  # pmap: JAX's data parallelism
@@ -91,7 +92,9 @@ TORCH_ONLY = {
     "quantization": {
         "replace_linears",  # swaps nn.Linear after construction (Flax picks in linear())
         "fill_quantized",  # quantizes into a built layer's buffers (Flax's quantize builds the param tree)
-        "NativeProduct",  # the native kernel's autograd Function (Flax's native_matmul is a custom_jvp)
+        "NativeProduct",  # the native kernel's autograd Function (Flax's native_matmuls is a custom_jvp)
+        "kernel_rows", "as_output",  # x to the kernel's rows and back (inside Flax's native_matmuls)
+        "has_global_module_hooks",  # torch's global forward hooks, which a joined call would skip
         "TiedQuantizedHead",  # a module for the tied head (Flax's model calls the embedding's attend())
         # the linear layer's and the embedding's product on the configured kernel (Flax's is the
         # quantized_matmul function both modules call)
