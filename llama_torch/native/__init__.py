@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -58,6 +58,11 @@ class KernelCall:
         self.offsets = pointers(*(None if offsets is None else offsets.data_ptr() for _, _, offsets in self.layers))
         self.outs = (ctypes.c_int64 * len(self.layers))(*self.out_features)
         self.code_columns, self.groups = self.layers[0][0].shape[1], self.layers[0][1].shape[1]
+
+    def __reduce__(self) -> tuple:
+        """Copied or pickled (deepcopy or torch.save of a model) as its tensors: ctypes pointer arrays
+        cannot be pickled, and a copy's arrays must point at the copied tensors."""
+        return KernelCall, (self.bits, self.layers)
 
     def multiply(self, rows: torch.Tensor) -> list[torch.Tensor]:
         """rows (n, in), float32 and contiguous, times each layer's W.T on torch's intra-op threads."""

@@ -1,15 +1,20 @@
 """The torch twin's quantized layer under torch.compile (fullgraph: a graph break fails): the portable
-product, and the native kernel as an operator."""
+product, and the native kernel as an operator; and a quantized model copied and saved whole."""
 
 from __future__ import annotations
+
+import copy
+import io
 
 import numpy as np
 import pytest
 import torch
 
 from llama_shared import quantization as q
+from llama_shared.config import LlamaConfig
 from llama_torch import native
 from llama_torch import quantization as torch_quant
+from llama_torch.modeling import LlamaForCausalLM
 from tests.cases import QUANTIZATION_SETTINGS as SETTINGS
 
 
@@ -52,3 +57,21 @@ def test_compiled_quantized_layers_call_the_native_kernel(name, monkeypatch):
     assert calls == []
     portable = quantized_layer(q.with_kernel(settings, "portable"))(x)
     torch.testing.assert_close(trained, portable, atol=1e-6, rtol=0)
+
+
+def test_a_quantized_model_that_has_run_the_kernel_deep_copies_and_saves_whole():
+    """copy.deepcopy and torch.save of a model whose layers hold their kernel calls (single and joined):
+    the copy computes the same logits from its own tensors."""
+    config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1)
+    model = torch_quant.quantize(LlamaForCausalLM(config), q.with_kernel(SETTINGS["int4-g32"], "cpu"))
+    ids = torch.ones(1, 1, dtype=torch.long)
+    with torch.no_grad():
+        logits = model(ids).logits
+        copied = copy.deepcopy(model)
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        model.model.layers[0].self_attn.q_proj.qweight.zero_()  # the copies must not read the original's codes
+        torch.testing.assert_close(copied(ids).logits, logits, atol=0, rtol=0)
+        buffer.seek(0)
+        torch.testing.assert_close(torch.load(buffer, weights_only=False)(ids).logits, logits, atol=0, rtol=0)
