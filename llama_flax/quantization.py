@@ -99,8 +99,11 @@ def cpu_kernel_reason(quantization: q.QuantizationConfig, in_features: int) -> s
 
 
 def takes_native(x: Array, quantization: q.QuantizationConfig) -> bool:
-    """Whether a layer of this format (not "portable") takes the native kernel for x
-    (llama_shared.native.takes_native's choice: it warns, or raises, where the kernel cannot run)."""
+    """Whether a layer of this format takes the native kernel for x: never on kernel "portable" (which
+    builds nothing), else llama_shared.native.takes_native's choice (it warns, or raises, where the
+    kernel cannot run)."""
+    if quantization.kernel == "portable":
+        return False
     unavailable = native.unavailable_reason() if jax.default_backend() == "cpu" else None
     return shared_native.takes_native(quantization.kernel, cpu_kernel_reason(quantization, x.shape[-1]),
                                       x.size // x.shape[-1], unavailable)
@@ -110,8 +113,6 @@ def quantized_matmul(x: Array, tensors: dict[str, Array], quantization: q.Quanti
     """x @ W.T for the quantized W by the configured kernel: "auto" takes the native kernel on the CPU
     for up to llama_shared.native.MAX_ROWS rows (warning once, then the portable product, where it cannot be built),
     "cpu" always (an error where it cannot run), "portable" never."""
-    if quantization.kernel == "portable":
-        return portable_matmul(x, tensors, quantization)
     if takes_native(x, quantization):
         return native_matmuls(x, (tensors,), quantization)[0]
     return portable_matmul(x, tensors, quantization)
@@ -164,7 +165,7 @@ def shared_input_products(x: Array, layers: Sequence[nn.Module]) -> list[Array]:
     first = layers[0]
     plain = all(type(layer) is QuantizedDense and layer.quantization == first.quantization
                 and layer.dtype == first.dtype and layer.has_variable("params", "qweight") for layer in layers)
-    if not plain or first.quantization.kernel == "portable" or not takes_native(x, first.quantization):
+    if not plain or not takes_native(x, first.quantization):
         return [layer(x) for layer in layers]
     params = [layer.variables["params"] for layer in layers]
     leaves = first.quantization.leaves()

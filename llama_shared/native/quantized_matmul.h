@@ -4,10 +4,10 @@
 // y (rows, out) = x (rows, in) times the quantized W (out, in) of llama_shared.quantization's format,
 // without ever writing a dequantized weight: each thread walks its share of the output rows, reading
 // the codes once. One call may multiply several layers by the same x (Segment: q, k and v; gate and
-// up), preparing x once for them all. A weight is code * scale + offset per group of input columns, the offset being
-// -zero * scale, or min - qmin * scale for float zero points (computed by the caller); so a group
-// adds scale * sum(x * code) + offset * sum(x), the sums of x taken in float32. int4 codes are read
-// as their unsigned nibbles (code + 8), their offset gaining -8 * scale.
+// up), preparing x once for them all. A weight is code * scale + offset per group of input columns,
+// the offset being -zero * scale, or min - qmin * scale for float zero points (computed by the
+// caller); so a group adds scale * sum(x * code) + offset * sum(x), the sums of x taken in float32.
+// int4 codes are read as their unsigned nibbles (code + 8), their offset gaining -8 * scale.
 //
 // One input row (decoding) multiplies the codes in integer SIMD: x is rounded to int16 in blocks of
 // X_BLOCK columns (round_row; tests/twins/test_quantization.py's rounded_to_int16 is its numpy
