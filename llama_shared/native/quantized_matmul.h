@@ -12,7 +12,8 @@
 // One input row (decoding) multiplies the codes in integer SIMD: x is rounded to int16 in blocks of
 // X_BLOCK columns (round_row; tests/twins/test_quantization.py's rounded_to_int16 is its numpy
 // model), the codes meet it in vpmaddwd's int32 sums, and each sum is scaled once by its weight group's scale times
-// its block's. Several input rows decode each weight row to float32 once and share it.
+// its block's. Several input rows decode W_ROWS weight rows to float32 at a time and share them: up
+// to 7 in dot products along the columns (dots), more as x transposed, each weight broadcast (tile).
 // Loops over LANES floats vectorise as written (-O3 -march=native).
 
 #pragma once
@@ -43,8 +44,12 @@ constexpr int64_t TASK_BYTES = 128 << 10;
 // time (0-9% over five runs, int4 and int8): the hardware prefetchers alone left the core waiting
 // on memory between bursts of arithmetic.
 constexpr int64_t PREFETCH_BYTES = 2048;
-constexpr int X_ROWS = 2;  // input rows multiplied together by the decoded weight rows
-constexpr int W_ROWS = 4;  // weight rows decoded and multiplied together (several input rows)
+constexpr int W_ROWS = 12;  // weight rows decoded and multiplied together (several input rows)
+// Input rows from which tile() (which pads them to a multiple of LANES) takes over from dots(): one
+// thread, level at 8-10 rows, 1.5-2x at 16-32, 0.6-0.8x below 8 (benchmarks/log/2026-12-03-quantization.md).
+constexpr int TILE_ROWS = 8;
+// Floats between the decoded rows' starts beyond their width: rows 4 KB apart would share L1 sets.
+constexpr int64_t W_ROW_PADDING = 16;
 constexpr int64_t X_BLOCK = 32;      // columns of x rounded to int16 with one scale (one input row)
 constexpr float X_LEVELS = 32767;    // the block's largest |x| becomes +-X_LEVELS
 constexpr int64_t NIBBLE_STEP = 64;  // int4 columns per 32-byte load: 16 words of four nibbles
@@ -63,6 +68,8 @@ constexpr int64_t GROUP_MULTIPLE = 2 * LANES;  // columns: int8 codes are read 1
 template <typename V>
 inline V load_as(const void* p) { V v; std::memcpy(&v, p, sizeof v); return v; }
 inline f32x8 load(const float* p) { return load_as<f32x8>(p); }
+// One float in every lane (vbroadcastss; `f32x8{} + v` would add, v being possibly -0).
+inline f32x8 splat(float v) { return f32x8{v, v, v, v, v, v, v, v}; }
 inline void store(float* p, f32x8 v) { std::memcpy(p, &v, sizeof v); }
 // Eight bytes, read as Byte (int8_t or uint8_t), widened to int32 lanes (vpmovsxbd / vpmovzxbd on
 // AVX2: GCC 12 widens the generic form's bytes one by one), and int32 lanes to floats.
@@ -107,13 +114,16 @@ inline float total(f32x8 v) {
 
 // The layer as the kernels see it: every pointer row-major, offsets null for a symmetric layer.
 struct Layer {
-  const float* x;           // (rows, in); for int4 (rows, 2, in / 2): even columns, then odd ones
+  // Several input rows, for int4 even columns first, then odd ones: below TILE_ROWS x (rows, in),
+  // else x^T (in, padded_rows) and padded_rows the rows to a multiple of LANES.
+  const float* x;
+  const float* xt;
   const uint8_t* codes;     // (out, in) int8 codes, or (out, in / 2) bytes of two nibbles
   const float* scales;      // (out, groups)
   const float* offsets;     // (out, groups) or null
   const float* group_sums;  // (rows, groups): sum of x over each group's columns
   float* y;                 // (rows, out)
-  int64_t bits, rows, in, out, groups, group_size;
+  int64_t bits, rows, padded_rows, in, out, groups, group_size;
   // One input row, rounded: x ~ x_codes * x_scales[column / X_BLOCK]. For int4 each full NIBBLE_STEP
   // of x_codes lists the columns in the order of nibble_products' four nibble positions, and
   // lane_x_scales holds the x scale of each of its int32 lanes (8 columns apiece).
@@ -249,7 +259,7 @@ inline float (*row_product(const Layer& l))(const Layer&, int64_t) {
   return g == 16 ? row_int4<16> : g == 32 ? row_int4<32> : row_int4<0>;
 }
 
-// Output row o as float values, in x's column order (for int4 the split one), into w.
+// Output row o as float values into w, in x^T's column order (for int4 even columns first, then odd ones).
 inline void decode_row(const Layer& l, int64_t o, float* w) {
   for (int64_t g = 0; g < l.groups; ++g) {
     const f32x8 scale = f32x8{} + l.scales[o * l.groups + g], offset = f32x8{} + l.offset(o, g);
@@ -269,49 +279,73 @@ inline void decode_row(const Layer& l, int64_t o, float* w) {
   }
 }
 
-// y[r .. r + N - 1, o .. o + O - 1] from output rows o.. as float values (w: O rows of in): each load
-// of w serves N input rows and each load of x O output rows, and the O * N sums are independent (a
-// few chains of FMAs would wait on their latency).
-template <int O, int N>
-inline void dots(const Layer& l, const float* w, int64_t r, int64_t o) {
-  f32x8 acc[O][N] = {};
+// y[r .. r + N - 1, o .. o + 3] from output rows o.. as float values (w: rows stride apart): each
+// load of w serves N input rows and each load of x four output rows.
+template <int N>
+inline void dots(const Layer& l, const float* w, int64_t stride, int64_t r, int64_t o, int valid) {
+  f32x8 acc[4][N] = {};
   for (int64_t i = 0; i < l.in; i += LANES) {
-    f32x8 weights[O];
-    for (int k = 0; k < O; ++k) weights[k] = load(w + k * l.in + i);
+    f32x8 weights[4];
+    for (int k = 0; k < 4; ++k) weights[k] = load(w + k * stride + i);
     for (int n = 0; n < N; ++n) {
       const f32x8 x = load(l.x + (r + n) * l.in + i);
-      for (int k = 0; k < O; ++k) acc[k][n] += x * weights[k];
+      for (int k = 0; k < 4; ++k) acc[k][n] += x * weights[k];
     }
   }
-  for (int k = 0; k < O; ++k)
+  for (int k = 0; k < valid; ++k)
     for (int n = 0; n < N; ++n) l.y[(r + n) * l.out + o + k] = total(acc[k][n]);
 }
 
-// Every input row times output rows o .. o + O - 1, decoded in w.
-template <int O>
-inline void times_decoded(const Layer& l, const float* w, int64_t o) {
-  int64_t r = 0;
-  for (; r + X_ROWS <= l.rows; r += X_ROWS) dots<O, X_ROWS>(l, w, r, o);
-  for (; r < l.rows; ++r) dots<O, 1>(l, w, r, o);
+// y for input rows [r, r + V * LANES) and output rows o + [0, valid), from M decoded weight rows
+// (stride apart): V vectors of x^T's column k times each row's weight k, in V * M independent sums.
+template <int V, int M>
+inline void tile(const Layer& l, const float* w, int64_t stride, int64_t r, int64_t o, int valid) {
+  f32x8 acc[V][M] = {};
+  const float* xt = l.xt + r;
+  for (int64_t k = 0; k < l.in; ++k, xt += l.padded_rows) {
+    f32x8 x[V];
+    for (int v = 0; v < V; ++v) x[v] = load(xt + v * LANES);
+    for (int m = 0; m < M; ++m) {
+      const f32x8 weight = splat(w[m * stride + k]);
+      for (int v = 0; v < V; ++v) acc[v][m] += x[v] * weight;
+    }
+  }
+  for (int v = 0; v < V; ++v)
+    for (int i = 0; i < LANES && r + v * LANES + i < l.rows; ++i)
+      for (int m = 0; m < valid; ++m) l.y[(r + v * LANES + i) * l.out + o + m] = acc[v][m][i];
 }
 
-// Output rows [begin, end): one input row takes the integer product; more rows decode W_ROWS weight
-// rows at a time into a float buffer, then multiply them by X_ROWS input rows at a time.
+// Output rows [begin, end): one input row takes the integer product; more decode W_ROWS weight rows
+// at a time, then multiply them four at a time by input rows in pairs (dots), or by 16 input rows
+// at a time (two tiles of half the weight rows) and a last 8 (one tile of them all): eight to twelve
+// sums in flight hide the FMAs' latency.
 inline void run_rows(const Layer& l, int64_t begin, int64_t end) {
   if (l.rows == 1) {
     const auto row = row_product(l);
     for (int64_t o = begin; o < end; ++o) l.y[o] = row(l, o);
     return;
   }
-  std::vector<float> w(W_ROWS * l.in);
-  int64_t o = begin;
-  for (; o + W_ROWS <= end; o += W_ROWS) {
-    for (int k = 0; k < W_ROWS; ++k) decode_row(l, o + k, w.data() + k * l.in);
-    times_decoded<W_ROWS>(l, w.data(), o);
-  }
-  for (; o < end; ++o) {
-    decode_row(l, o, w.data());
-    times_decoded<1>(l, w.data(), o);
+  constexpr int HALF = W_ROWS / 2;
+  const int64_t stride = l.in + W_ROW_PADDING;
+  std::vector<float> w(W_ROWS * stride);
+  for (int64_t o = begin; o < end; o += W_ROWS) {
+    const int valid = int(std::min<int64_t>(W_ROWS, end - o));
+    for (int k = 0; k < valid; ++k) decode_row(l, o + k, w.data() + k * stride);
+    if (l.rows < TILE_ROWS) {
+      for (int k = 0; k < valid; k += 4) {
+        const float* four = w.data() + k * stride;
+        int64_t r = 0;
+        for (; r + 2 <= l.rows; r += 2) dots<2>(l, four, stride, r, o + k, std::min(4, valid - k));
+        if (r < l.rows) dots<1>(l, four, stride, r, o + k, std::min(4, valid - k));
+      }
+      continue;
+    }
+    int64_t r = 0;
+    for (; r + 2 * LANES <= l.padded_rows; r += 2 * LANES) {
+      tile<2, HALF>(l, w.data(), stride, r, o, std::min(valid, HALF));
+      if (valid > HALF) tile<2, HALF>(l, w.data() + HALF * stride, stride, r, o + HALF, valid - HALF);
+    }
+    if (r < l.padded_rows) tile<1, W_ROWS>(l, w.data(), stride, r, o, valid);
   }
 }
 
@@ -394,10 +428,12 @@ void quantized_matmul(int bits, const float* x, const Segment* segments, int64_t
       }
     }
   };
-  // Per input row: the sum of each group's columns; several rows of int4 also split into even
-  // columns, then odd ones; one row is rounded (round_row).
+  // Per input row: the sum of each group's columns; several rows are also laid out as Layer says
+  // (int4's columns in decode_row's order), one row is rounded (round_row).
   const int64_t group_size = in / groups;
-  std::vector<float> split(bits == 4 && rows > 1 ? rows * in : 0), sums(rows * groups);
+  const int64_t padded_rows = rows >= TILE_ROWS ? (rows + LANES - 1) / LANES * LANES : 0;
+  std::vector<float> split(bits == 4 && rows > 1 && !padded_rows ? rows * in : 0), xt(padded_rows * in);
+  std::vector<float> sums(rows * groups);
   for (int64_t r = 0; r < rows; ++r) {
     const float* row = x + r * in;
     for (int64_t g = 0; g < groups; ++g) {
@@ -405,9 +441,9 @@ void quantized_matmul(int bits, const float* x, const Segment* segments, int64_t
       for (int64_t i = g * group_size; i < (g + 1) * group_size; ++i) sum += row[i];
       sums[r * groups + g] = sum;
     }
-    for (int64_t j = 0; !split.empty() && j < in / 2; ++j) {
-      split[r * in + j] = row[2 * j];
-      split[r * in + in / 2 + j] = row[2 * j + 1];
+    for (int64_t c = 0; c < in && (padded_rows || !split.empty()); ++c) {
+      const int64_t column = bits == 4 ? (c % 2) * (in / 2) + c / 2 : c;
+      (padded_rows ? xt[column * padded_rows + r] : split[r * in + column]) = row[c];
     }
   }
   RoundedRow rounded;
@@ -416,8 +452,8 @@ void quantized_matmul(int bits, const float* x, const Segment* segments, int64_t
   work->rows_per_task = std::max<int64_t>(1, TASK_BYTES / (bits == 8 ? in : in / 2));
   work->first_task.push_back(0);
   for (const Segment* s = segments; s < segments + count; ++s) {
-    work->layers.push_back(Layer{split.empty() ? x : split.data(), s->codes, s->scales, s->offsets, sums.data(), s->y,
-                                 bits, rows, in, s->out, groups, group_size,
+    work->layers.push_back(Layer{split.empty() ? x : split.data(), xt.data(), s->codes, s->scales, s->offsets,
+                                 sums.data(), s->y, bits, rows, padded_rows, in, s->out, groups, group_size,
                                  rounded.codes.data(), rounded.scales.data(), rounded.lane_scales.data()});
     work->first_task.push_back(work->first_task.back() + (s->out + work->rows_per_task - 1) / work->rows_per_task);
   }

@@ -322,14 +322,15 @@ KERNEL_SETTINGS = {**{name: SETTINGS[name] for name in ("int8", "int4-g32", "int
                    "int8-g16-zp": q.QuantizationConfig(8, 16, symmetric=False)}
 
 
-@pytest.mark.parametrize("rows, odd", [(1, False), (1, True), (5, True)])
+@pytest.mark.parametrize("rows, odd", [(1, False), (1, True), (5, True), (21, True)])
 @pytest.mark.parametrize("name", sorted(KERNEL_SETTINGS))
 def test_cpu_kernels_compute_their_documented_product(name, rows, odd):
     """Both twins' native kernel equals kernel_reference, and stays within the int16 rounding's bound of
     the portable product: widths of 4 int4 steps of 64 columns, and odd ones (288: 4 steps and 32
     columns; 320: 5 steps); groups of 16, 32, 64 and whole rows (a row's group offsets summed
-    in vectorised eights and a rest); one input row, and rows in pairs plus a rest; 63 output rows
-    (weight rows in fours plus a rest)."""
+    in vectorised eights and a rest); one input row; 5 rows (dot products, rows in pairs plus a rest)
+    and 21 (x transposed: a tile of 16 rows, then one of 8 padded); 63 output rows (weight rows in
+    twelves, then 3)."""
     settings = KERNEL_SETTINGS[name]
     width = 256 if not odd else 288 if 288 % (settings.group_size or 32) == 0 else 320
     rng = np.random.default_rng(5)
