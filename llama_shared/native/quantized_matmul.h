@@ -230,7 +230,7 @@ inline f32x8 lane_scales(const float* scales, int64_t c, GroupCursor& group) {
         _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1)));
 #endif
   if constexpr (GROUP == 0) {
-    return f32x8{} + scales[group(c)];
+    return splat(scales[group(c)]);
   } else {
     f32x8 lanes;
     for (int i = 0; i < LANES; ++i) lanes[i] = scales[(c + 8 * i) / GROUP];
@@ -274,7 +274,7 @@ inline float (*row_product(const Layer& l))(const Layer&, int64_t) {
 // Output row o as float values into w, in x^T's column order (for int4 even columns first, then odd ones).
 inline void decode_row(const Layer& l, int64_t o, float* w) {
   for (int64_t g = 0; g < l.groups; ++g) {
-    const f32x8 scale = f32x8{} + l.scales[o * l.groups + g], offset = f32x8{} + l.offset(o, g);
+    const f32x8 scale = splat(l.scales[o * l.groups + g]), offset = splat(l.offset(o, g));
     if (l.bits == 8) {
       const uint8_t* codes = l.codes + o * l.in;
       for (int64_t i = g * l.group_size; i < (g + 1) * l.group_size; i += LANES)
